@@ -1,0 +1,26 @@
+"""Test-session defaults: XLA:CPU, vLLM's engine in-process, and shared tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+# Before JAX or vLLM import: run on XLA:CPU and keep vLLM's engine core in this process, so
+# tests can reach the runner through collective_rpc and one process owns the device.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import pytest  # noqa: E402
+from tiny_models import write_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(arch)`` -> directory of a random-weight model (written once)."""
+    made = {}
+
+    def make(arch: str):
+        if arch not in made:
+            made[arch] = write_tiny_checkpoint(arch, tmp_path_factory.mktemp(arch))
+        return made[arch]
+
+    return make

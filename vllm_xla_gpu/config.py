@@ -1,0 +1,91 @@
+"""The one configuration object of the backend, and the only reader of environment variables.
+
+:class:`XlaGpuConfig` is built once from vLLM's ``VllmConfig`` (plus a few ``VLLM_XLA_GPU_*``
+variables) by the worker and passed down to the runner, attention backend and ops. Nothing
+else in the package looks at ``os.environ``.
+
+Environment variables (all optional):
+
+==============================  ===============================================================
+``VLLM_XLA_GPU_DISABLE``        ``1`` turns the plugin off: vLLM uses its built-in platform.
+``VLLM_XLA_GPU_ATTENTION``      ``auto`` (default) | ``reference``: ragged paged attention impl.
+``VLLM_XLA_GPU_CACHE_DIR``      JAX persistent compilation cache (default
+                                ``~/.cache/vllm_xla_gpu/jax``); ``off`` disables it.
+``VLLM_XLA_GPU_MIN_TOKENS``     smallest token bucket (default 16).
+``VLLM_XLA_GPU_PRECOMPILE``     ``0`` skips compiling every bucket at start-up (debug only:
+                                serving then compiles on first use of each shape).
+``VLLM_XLA_GPU_CPU_KV_BYTES``   KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
+                                not given (default 1 GiB).
+==============================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+_ENV_PREFIX = "VLLM_XLA_GPU_"
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(_ENV_PREFIX + name, default)
+
+
+def plugin_enabled() -> bool:
+    """Whether the platform plugin is active (``VLLM_XLA_GPU_DISABLE`` is not ``1``)."""
+    return _env("DISABLE", "0") not in ("1", "true", "True")
+
+
+def default_compilation_cache_dir() -> str | None:
+    """Directory of JAX's persistent compilation cache, or ``None`` when turned off."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "vllm_xla_gpu", "jax")
+    path = _env("CACHE_DIR", default)
+    return None if path.lower() in ("", "off", "0", "none") else path
+
+
+@dataclasses.dataclass(frozen=True)
+class XlaGpuConfig:
+    """Backend settings, derived once from ``VllmConfig`` and the environment.
+
+    Attributes:
+        attention_impl: name of the ragged paged attention implementation
+            (``"auto"`` picks the best registered one for the device).
+        compilation_cache_dir: JAX persistent compilation cache directory, or None.
+        min_token_bucket: smallest padded token count of a step.
+        precompile: compile every bucket at start-up.
+        cpu_kv_cache_bytes: KV-cache budget on XLA:CPU when vLLM gives none.
+        max_num_batched_tokens: vLLM's per-step token budget (largest token bucket).
+        max_num_seqs: vLLM's per-step request limit (largest request bucket).
+        max_model_len: longest sequence; sets the block-table width.
+    """
+
+    attention_impl: str
+    compilation_cache_dir: str | None
+    min_token_bucket: int
+    precompile: bool
+    cpu_kv_cache_bytes: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_model_len: int
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: VllmConfig) -> XlaGpuConfig:
+        """Build the config from vLLM's config and the ``VLLM_XLA_GPU_*`` variables."""
+        sched = vllm_config.scheduler_config
+        kv_bytes = vllm_config.cache_config.kv_cache_memory_bytes
+        return cls(
+            attention_impl=_env("ATTENTION", "auto"),
+            compilation_cache_dir=default_compilation_cache_dir(),
+            min_token_bucket=int(_env("MIN_TOKENS", "16")),
+            precompile=_env("PRECOMPILE", "1") != "0",
+            cpu_kv_cache_bytes=kv_bytes
+            or int(_env("CPU_KV_BYTES", str(DEFAULT_CPU_KV_CACHE_BYTES))),
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            max_num_seqs=sched.max_num_seqs,
+            max_model_len=vllm_config.model_config.max_model_len,
+        )

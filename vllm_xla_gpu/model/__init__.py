@@ -1,0 +1,1 @@
+"""vLLM's PyTorch models run as JAX functions through torchax."""

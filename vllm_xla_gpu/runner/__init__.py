@@ -1,0 +1,1 @@
+"""The model runner: persistent batch, shape buckets, compiled step and sampler."""

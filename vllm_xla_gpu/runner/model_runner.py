@@ -1,0 +1,311 @@
+"""``XlaGpuModelRunner``: turns vLLM's ``SchedulerOutput`` into compiled XLA steps.
+
+Per step (DESIGN.md §4)::
+
+    SchedulerOutput -> _update_states (persistent numpy batch)
+                    -> prepare_step_inputs (pad to a token bucket) -> one jax.device_put
+                    -> model_step(params, kv_caches[donated], inputs)   # vLLM's model via torchax
+                    -> sample_step(params, hidden, sampling_metadata)   # logits + sampler
+                    -> tokens to host -> ModelRunnerOutput
+
+Two jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
+``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
+not depend on the request count) and ``sample_step`` per *request* bucket. The runner owns the
+model parameters, the per-layer KV caches (donated through every step), the persistent batch and
+the compile guard that proves serving compiles nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torchax
+from torchax.ops.mappings import t2j_dtype
+from tqdm import tqdm
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.config.vllm import get_layers_from_vllm_config
+from vllm.forward_context import set_forward_context
+from vllm.logger import init_logger
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
+from vllm.model_executor.model_loader import get_model
+from vllm.utils.math_utils import cdiv
+from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
+from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig, KVCacheSpec
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
+
+from vllm_xla_gpu.attention.backend import XlaGpuAttentionMetadata
+from vllm_xla_gpu.config import XlaGpuConfig
+from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params
+from vllm_xla_gpu.ops.ragged_paged_attention.registry import get_ragged_paged_attention
+from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
+from vllm_xla_gpu.runner.compile_guard import CompileGuard
+from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
+from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
+from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata
+from vllm_xla_gpu.sample.sampler import sample
+
+logger = init_logger(__name__)
+
+MIN_REQUEST_BUCKET = 8
+
+
+@dataclasses.dataclass
+class _PendingStep:
+    """What ``execute_model`` leaves for ``sample_tokens``."""
+
+    req_ids: list[str]
+    rows: np.ndarray  # i32[num_reqs]
+    num_scheduled: np.ndarray  # i32[num_reqs]
+    hidden: jax.Array  # [max_num_seqs, hidden_size] hidden state at each request's last token
+
+
+class XlaGpuModelRunner:
+    """Persistent batch, shape buckets, compiled step and sampler for one JAX device.
+
+    Args:
+        vllm_config: vLLM's configuration.
+        config: this backend's configuration.
+        device: the JAX device every array lives on.
+    """
+
+    def __init__(self, vllm_config: VllmConfig, config: XlaGpuConfig, device: jax.Device) -> None:
+        self.vllm_config = vllm_config
+        self.config = config
+        self.device = device
+        self.max_num_reqs = config.max_num_seqs
+        self.token_buckets = power_of_two_buckets(
+            config.min_token_bucket, config.max_num_batched_tokens
+        )
+        self.request_buckets = power_of_two_buckets(MIN_REQUEST_BUCKET, self.max_num_reqs)
+        self.attention_fn = get_ragged_paged_attention(config.attention_impl, device.platform)
+        self.requests: dict[str, RequestState] = {}
+        self.compile_guard = CompileGuard()
+        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,))
+        self._sample_step = jax.jit(self._sample_step_fn)
+        self._pending: _PendingStep | None = None
+        self._seed_rng = np.random.default_rng(vllm_config.model_config.seed)
+
+    # ---- start-up -------------------------------------------------------------------------
+
+    def load_model(self) -> None:
+        """Build vLLM's torch model on the host, then move its weights to the device."""
+        start = time.perf_counter()
+        with set_current_vllm_config(self.vllm_config):
+            torch_model = get_model(vllm_config=self.vllm_config).eval()
+        # vLLM's engine expects ``model_runner.model`` to be the torch module.
+        self.model = torch_model
+        self.jax_model = TorchaxModel(torch_model)
+        self.params = extract_params(torch_model, self.device)
+        jax.block_until_ready(self.params)
+        self.load_seconds = time.perf_counter() - start
+        logger.info("Model loaded onto %s in %.1f s", self.device, self.load_seconds)
+
+    def get_kv_cache_spec(self) -> dict[str, KVCacheSpec]:
+        """KV-cache spec of every attention layer, as vLLM's GPU runner reports it."""
+        layers = get_layers_from_vllm_config(self.vllm_config, AttentionLayerBase)
+        specs = {name: layer.get_kv_cache_spec(self.vllm_config) for name, layer in layers.items()}
+        return {name: spec for name, spec in specs.items() if spec is not None}
+
+    def initialize_kv_cache(self, kv_cache_config: KVCacheConfig) -> None:
+        """Allocate one ``[2, num_blocks, block_size, Hkv, D]`` array per attention layer."""
+        if len(kv_cache_config.kv_cache_groups) != 1:
+            raise NotImplementedError(
+                "The XLA backend supports one KV-cache group (uniform attention) for now; this "
+                f"model needs {len(kv_cache_config.kv_cache_groups)} (e.g. mixed sliding window)."
+            )
+        group = kv_cache_config.kv_cache_groups[0]
+        spec: AttentionSpec = group.kv_cache_spec
+        self.block_size = spec.block_size
+        num_blocks = kv_cache_config.num_blocks
+        shape = (2, num_blocks, self.block_size, spec.num_kv_heads, spec.head_size)
+        dtype = t2j_dtype(spec.dtype)
+        # Committed to the device, like every later step's output: jit keys its cache on that.
+        sharding = jax.sharding.SingleDeviceSharding(self.device)
+        zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+        self.kv_caches = {name: zeros() for name in group.layer_names}
+        self.kv_cache_block_bytes = spec.page_size_bytes
+        self.max_blocks_per_req = cdiv(self.config.max_model_len, self.block_size)
+        self.batch = InputBatch(
+            self.max_num_reqs, self.config.max_model_len, self.max_blocks_per_req
+        )
+        self.sampling_inputs = SamplingInputs(self.max_num_reqs)
+        logger.info(
+            "KV cache: %d layers x %s %s (%.2f GiB)",
+            len(self.kv_caches),
+            shape,
+            dtype.__name__ if hasattr(dtype, "__name__") else dtype,
+            len(self.kv_caches) * num_blocks * spec.page_size_bytes / 2**30,
+        )
+
+    def precompile(self) -> float:
+        """Compile ``model_step`` for every token bucket and ``sample_step`` for every request
+        bucket, with a progress bar; then arm the compile guard. Returns the seconds spent."""
+        start = time.perf_counter()
+        if self.config.precompile:
+            shapes = [("tokens", n) for n in self.token_buckets]
+            shapes += [("requests", n) for n in self.request_buckets]
+            for kind, n in tqdm(shapes, desc="Compiling XLA buckets", unit="program"):
+                self._warm_up_tokens(n) if kind == "tokens" else self._warm_up_requests(n)
+        self.compile_guard.mark_warmed_up()
+        self.compile_seconds = time.perf_counter() - start
+        logger.info(
+            "Compiled %d token buckets %s and %d request buckets %s in %.1f s",
+            len(self.token_buckets),
+            self.token_buckets,
+            len(self.request_buckets),
+            self.request_buckets,
+            self.compile_seconds,
+        )
+        return self.compile_seconds
+
+    def _warm_up_tokens(self, num_tokens: int) -> None:
+        inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
+        hidden, self.kv_caches = self._model_step(
+            self.params, self.kv_caches, jax.device_put(inputs, self.device)
+        )
+        jax.block_until_ready(hidden)
+        self._hidden_template = hidden
+
+    def _warm_up_requests(self, num_reqs: int) -> None:
+        md = self.sampling_inputs.to_metadata(
+            np.zeros(0, np.int32), np.zeros(0, np.int32), num_reqs
+        )
+        jax.block_until_ready(
+            self._sample_step(self.params, self._hidden_template, jax.device_put(md, self.device))
+        )
+
+    # ---- per step -------------------------------------------------------------------------
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        """Run the model on the scheduled tokens; keep the hidden states for sampling."""
+        self._update_states(scheduler_output)
+        if scheduler_output.total_num_scheduled_tokens == 0:
+            return EMPTY_MODEL_RUNNER_OUTPUT
+        req_ids = list(scheduler_output.num_scheduled_tokens)
+        rows = np.array([self.batch.req_id_to_row[r] for r in req_ids], np.int32)
+        num_scheduled = np.array(
+            [scheduler_output.num_scheduled_tokens[r] for r in req_ids], np.int32
+        )
+        num_tokens = pad_to_bucket(int(num_scheduled.sum()), self.token_buckets)
+        inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
+        hidden, self.kv_caches = self._model_step(
+            self.params, self.kv_caches, jax.device_put(inputs, self.device)
+        )
+        self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden)
+        return None
+
+    def sample_tokens(self, grammar_output: GrammarOutput | None) -> ModelRunnerOutput:
+        """Sample one token per request that finished its prompt; build vLLM's output."""
+        if grammar_output is not None:
+            raise NotImplementedError("Structured output is not supported by the XLA backend yet.")
+        step, self._pending = self._pending, None
+        num_reqs = len(step.req_ids)
+        steps = self.batch.num_tokens[step.rows] - self.batch.num_prompt_tokens[step.rows]
+        md = self.sampling_inputs.to_metadata(
+            step.rows, steps, pad_to_bucket(num_reqs, self.request_buckets)
+        )
+        tokens = self._sample_step(self.params, step.hidden, jax.device_put(md, self.device))
+        sampled = self._record_sampled(step, np.asarray(tokens)[:num_reqs])
+        return ModelRunnerOutput(
+            req_ids=step.req_ids,
+            req_id_to_index={r: i for i, r in enumerate(step.req_ids)},
+            sampled_token_ids=sampled,
+        )
+
+    def _record_sampled(self, step: _PendingStep, tokens: np.ndarray) -> list[list[int]]:
+        """Append sampled tokens; requests still prefilling their prompt get ``[]``."""
+        computed = self.batch.num_computed_tokens[step.rows] + step.num_scheduled
+        done = computed >= self.batch.num_tokens[step.rows]
+        sampled: list[list[int]] = []
+        for req_id, row, token, is_done in zip(
+            step.req_ids, step.rows, tokens.tolist(), done, strict=True
+        ):
+            if not is_done:
+                sampled.append([])
+                continue
+            self.requests[req_id].output_token_ids.append(token)
+            self.batch.append_token(row, token)
+            sampled.append([token])
+        return sampled
+
+    # ---- jitted programs -----------------------------------------------------------------
+
+    def _model_step_fn(
+        self, params: dict, kv_caches: dict[str, jax.Array], inputs: StepInputs
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """vLLM's model over the padded tokens; returns hidden states at each request's last
+        token (``[max_num_seqs, hidden]``) and the updated KV caches."""
+        ctx = XlaGpuAttentionMetadata(inputs.attn, dict(kv_caches), self.attention_fn)
+        num_tokens = inputs.input_ids.shape[0]
+        with (
+            torchax.default_env(),
+            set_current_vllm_config(self.vllm_config),
+            set_forward_context(ctx, self.vllm_config, num_tokens=num_tokens, slot_mapping={}),
+        ):
+            hidden = self.jax_model.call(params, "forward", inputs.input_ids, inputs.positions)
+        return hidden[inputs.logits_indices], ctx.kv_caches
+
+    def _sample_step_fn(self, params: dict, hidden: jax.Array, md: SamplingMetadata) -> jax.Array:
+        """Logits of the first ``num_reqs`` rows (the request bucket), then the sampler."""
+        num_reqs = md.temperature.shape[0]
+        with torchax.default_env(), set_current_vllm_config(self.vllm_config):
+            logits = self.jax_model.call(params, "compute_logits", hidden[:num_reqs])
+        return sample(logits.astype(jnp.float32), md)
+
+    # ---- persistent batch updates ----------------------------------------------------------
+
+    def _update_states(self, so: SchedulerOutput) -> None:
+        """Apply the scheduler's diff to the requests and the persistent batch."""
+        for req_id in so.finished_req_ids:
+            self.requests.pop(req_id, None)
+            self.batch.remove_request(req_id)
+        resumed = so.scheduled_cached_reqs.resumed_req_ids
+        for req_id in list(self.batch.req_id_to_row):
+            # Unscheduled (or preempted) requests give their row back; they keep their state.
+            if req_id not in so.num_scheduled_tokens or req_id in resumed:
+                self.batch.remove_request(req_id)
+        for new in so.scheduled_new_reqs:
+            self._add_new_request(new)
+        self._update_cached_requests(so.scheduled_cached_reqs)
+
+    def _add_new_request(self, new) -> None:
+        params = new.sampling_params
+        seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**31))
+        state = RequestState(
+            req_id=new.req_id,
+            prompt_token_ids=list(new.prompt_token_ids),
+            output_token_ids=[],
+            sampling_params=params,
+            block_ids=list(new.block_ids[0]),
+            num_computed_tokens=new.num_computed_tokens,
+            seed=seed,
+        )
+        self.requests[new.req_id] = state
+        self._add_to_batch(state)
+
+    def _add_to_batch(self, state: RequestState) -> None:
+        row = self.batch.add_request(state)
+        self.sampling_inputs.set_request(row, state.sampling_params, state.seed)
+
+    def _update_cached_requests(self, cached) -> None:
+        for i, req_id in enumerate(cached.req_ids):
+            state = self.requests[req_id]
+            state.num_computed_tokens = cached.num_computed_tokens[i]
+            del state.output_token_ids[cached.num_output_tokens[i] :]
+            new_blocks = cached.new_block_ids[i]
+            row = self.batch.req_id_to_row.get(req_id)
+            if req_id in cached.resumed_req_ids:
+                state.block_ids = list(new_blocks[0])
+            elif new_blocks is not None:
+                state.block_ids.extend(new_blocks[0])
+            if row is None:
+                self._add_to_batch(state)
+                continue
+            self.batch.num_computed_tokens[row] = state.num_computed_tokens
+            self.batch.num_tokens[row] = state.num_tokens
+            if new_blocks is not None:
+                self.batch.append_blocks(row, new_blocks[0])

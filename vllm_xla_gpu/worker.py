@@ -1,0 +1,173 @@
+"""``XlaGpuWorker``: the one worker of a single-process SPMD engine.
+
+vLLM's engine core drives the worker through these RPCs, in order:
+``init_device`` -> ``load_model`` -> ``get_kv_cache_spec`` -> ``determine_available_memory`` ->
+``initialize_from_config`` -> ``compile_or_warm_up_model``, then per step ``execute_model`` and
+``sample_tokens``. The worker owns the JAX device and the process-level set-up (persistent
+compilation cache, vLLM's world-size-1 distributed state); everything per step lives in
+:class:`~vllm_xla_gpu.runner.model_runner.XlaGpuModelRunner`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import jax
+import torch
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.distributed.parallel_state import (
+    ensure_model_parallel_initialized,
+    init_distributed_environment,
+)
+from vllm.logger import init_logger
+from vllm.utils.torch_utils import set_random_seed
+from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
+from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheSpec
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.worker.worker_base import CompilationTimes, WorkerBase
+
+from vllm_xla_gpu.compat import patch_torch_accelerator
+from vllm_xla_gpu.config import XlaGpuConfig
+from vllm_xla_gpu.runner.model_runner import XlaGpuModelRunner
+
+logger = init_logger(__name__)
+
+
+class XlaGpuWorker(WorkerBase):
+    """Worker whose model runs as XLA programs on JAX's default device (GPU, else CPU)."""
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        local_rank: int,
+        rank: int,
+        distributed_init_method: str,
+        is_driver_worker: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(vllm_config, local_rank, rank, distributed_init_method, is_driver_worker)
+        self.config = XlaGpuConfig.from_vllm_config(vllm_config)
+        self.model_runner: XlaGpuModelRunner | None = None
+
+    def init_device(self) -> None:
+        """Start JAX on its default device and set up vLLM's (trivial) distributed state."""
+        # Allocate on demand, so memory_stats() tells what is really in use (KV-cache budget).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        patch_torch_accelerator()
+        _enable_compilation_cache(self.config.compilation_cache_dir)
+        self.device = torch.device("cpu")  # where vLLM's torch tensors live
+        self.jax_device = jax.devices()[0]
+        logger.info("XLA backend on %s (%s)", self.jax_device, self.jax_device.platform)
+        _init_single_process_distributed(self.vllm_config)
+        set_random_seed(self.model_config.seed)
+        self.model_runner = XlaGpuModelRunner(self.vllm_config, self.config, self.jax_device)
+
+    def load_model(self, *, load_dummy_weights: bool = False) -> None:
+        self.model_runner.load_model()
+
+    def get_model(self) -> torch.nn.Module:
+        return self.model_runner.model
+
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    def get_kv_cache_spec(self) -> dict[str, KVCacheSpec]:
+        return self.model_runner.get_kv_cache_spec()
+
+    def determine_available_memory(self) -> int:
+        """Bytes for the KV cache: ``bytes_limit * gpu_memory_utilization - bytes_in_use`` on a
+        device that reports memory; ``--kv-cache-memory-bytes`` or the stated default on CPU."""
+        explicit = self.cache_config.kv_cache_memory_bytes
+        if explicit:
+            return int(explicit)
+        stats = self.jax_device.memory_stats()
+        if not stats or "bytes_limit" not in stats:
+            return self.config.cpu_kv_cache_bytes
+        budget = stats["bytes_limit"] * self.cache_config.gpu_memory_utilization
+        return int(budget - stats["bytes_in_use"])
+
+    def initialize_from_config(self, kv_cache_config: KVCacheConfig) -> None:
+        self.model_runner.initialize_kv_cache(kv_cache_config)
+
+    def compile_or_warm_up_model(self) -> CompilationTimes:
+        """Compile every shape bucket (progress bar); serving then compiles nothing."""
+        seconds = self.model_runner.precompile()
+        return CompilationTimes(language_model=seconds, encoder=0.0)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
+        return self.model_runner.execute_model(scheduler_output)
+
+    def sample_tokens(self, grammar_output: GrammarOutput | None) -> ModelRunnerOutput:
+        return self.model_runner.sample_tokens(grammar_output)
+
+    def take_draft_token_ids(self) -> None:
+        return None
+
+    def update_max_model_len(self, max_model_len: int) -> None:
+        self.model_config.max_model_len = max_model_len
+
+    def synchronize_device(self) -> None:
+        jax.effects_barrier()
+
+    def reset_mm_cache(self) -> None:
+        """No multimodal cache on this backend."""
+
+    def reset_encoder_cache(self) -> None:
+        """No encoder cache on this backend."""
+
+    def check_health(self) -> None:
+        """The device is healthy as long as steps complete; nothing extra to probe."""
+
+    def get_cache_block_size_bytes(self) -> int:
+        return self.model_runner.kv_cache_block_bytes
+
+    def sleep(self, level: int = 1) -> None:
+        raise NotImplementedError("Sleep mode is not supported by the XLA backend.")
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        raise NotImplementedError("Sleep mode is not supported by the XLA backend.")
+
+    def add_lora(self, lora_request) -> bool:
+        raise NotImplementedError("LoRA is not supported by the XLA backend yet.")
+
+    def remove_lora(self, lora_id: int) -> bool:
+        raise NotImplementedError("LoRA is not supported by the XLA backend yet.")
+
+    def pin_lora(self, lora_id: int) -> bool:
+        raise NotImplementedError("LoRA is not supported by the XLA backend yet.")
+
+    def list_loras(self) -> set[int]:
+        return set()
+
+    def shutdown(self) -> None:
+        self.model_runner = None
+
+
+def _enable_compilation_cache(cache_dir: str | None) -> None:
+    """Turn on JAX's persistent compilation cache, so a restart reuses compiled programs."""
+    if cache_dir is None:
+        return
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    # Cache every program: the small ones add up across dozens of buckets.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _init_single_process_distributed(vllm_config: VllmConfig) -> None:
+    """vLLM's model code asks for TP/PP groups: give it a world of one (gloo, file store).
+
+    Parallelism on this backend is a JAX mesh inside this one process, not torch.distributed.
+    """
+    fd, store = tempfile.mkstemp(prefix="vllm_xla_gpu_dist_")
+    os.close(fd)
+    with set_current_vllm_config(vllm_config):
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            distributed_init_method=f"file://{store}",
+            backend="gloo",
+        )
+        ensure_model_parallel_initialized(1, 1)
