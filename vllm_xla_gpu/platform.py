@@ -118,16 +118,22 @@ class XlaGpuPlatform(Platform):
     def validate_request(
         cls, processed_inputs: object, params: SamplingParams | PoolingParams
     ) -> None:
-        """Refuse request options the runner does not implement yet (a 400, not a crash)."""
+        """Refuse request options the runner does not implement yet.
+
+        Raises vLLM's ``VLLMValidationError``, which the OpenAI server answers with a 400 and
+        ``LLM.generate`` raises before the request reaches the engine, so serving goes on.
+        """
+        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import SamplingParams
 
         if not isinstance(params, SamplingParams):
-            raise ValueError("Pooling requests are not supported by the XLA backend yet.")
+            raise VLLMValidationError("Pooling requests are not supported by the XLA backend yet.")
         unsupported = _unsupported_sampling_options(params)
         if unsupported:
-            raise ValueError(
+            raise VLLMValidationError(
                 "The XLA backend does not support these sampling options yet: "
-                + ", ".join(unsupported)
+                + ", ".join(unsupported),
+                parameter=unsupported[0],
             )
 
 

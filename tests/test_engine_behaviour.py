@@ -1,0 +1,105 @@
+"""vLLM-level behaviour of the backend: plugin discovery, no recompilation while serving, and
+bad input answered with vLLM's usual errors while the same engine keeps serving correctly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engine import compiles_since_warmup, make_llm
+from tiny_models import hf_greedy
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.inputs import TokensPrompt
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+
+
+def _tokens_prompts(prompts):
+    return [TokensPrompt(prompt_token_ids=p) for p in prompts]
+
+
+def test_current_platform_is_xla_gpu():
+    from vllm.platforms import current_platform
+
+    from vllm_xla_gpu.platform import XlaGpuPlatform
+
+    assert isinstance(current_platform, XlaGpuPlatform)
+    assert current_platform.is_out_of_tree()
+
+
+def test_varied_workload_compiles_nothing_after_warmup(tiny_checkpoint):
+    rng = np.random.default_rng(4)
+    with make_llm(tiny_checkpoint("llama"), max_num_batched_tokens=64) as llm:
+        for batch, low, high, max_tokens in [
+            (1, 1, 5, 9),
+            (3, 20, 70, 5),
+            (8, 1, 40, 12),
+            (5, 60, 200, 3),
+        ]:
+            prompts = [
+                rng.integers(3, 500, size=rng.integers(low, high)).tolist() for _ in range(batch)
+            ]
+            params = [
+                SamplingParams(
+                    temperature=float(t),
+                    top_p=float(p),
+                    top_k=int(k),
+                    max_tokens=max_tokens,
+                    seed=int(s),
+                )
+                for t, p, k, s in zip(
+                    rng.choice([0.0, 0.7, 1.0], batch),
+                    rng.choice([1.0, 0.9], batch),
+                    rng.choice([0, 5], batch),
+                    rng.integers(0, 100, batch),
+                    strict=True,
+                )
+            ]
+            llm.generate(_tokens_prompts(prompts), params)
+        assert compiles_since_warmup(llm) == 0
+
+
+def test_too_long_prompt_is_refused_and_engine_keeps_serving(tiny_checkpoint):
+    path = tiny_checkpoint("llama")
+    prompts = [np.random.default_rng(5).integers(3, 500, size=n).tolist() for n in (7, 30)]
+    with make_llm(path) as llm:
+        with pytest.raises(VLLMValidationError, match="maximum context length is 256"):
+            llm.generate(_tokens_prompts([[7] * 300]), GREEDY)
+        got = [list(o.outputs[0].token_ids) for o in llm.generate(_tokens_prompts(prompts), GREEDY)]
+    assert got == hf_greedy(path, prompts, GREEDY.max_tokens)
+
+
+def test_unsupported_request_option_is_refused_and_engine_keeps_serving(tiny_checkpoint):
+    path = tiny_checkpoint("llama")
+    prompt = [3, 14, 15, 92, 65]
+    with make_llm(path) as llm:
+        with pytest.raises(VLLMValidationError, match="logprobs"):
+            llm.generate(_tokens_prompts([prompt]), SamplingParams(max_tokens=4, logprobs=2))
+        out = llm.generate(_tokens_prompts([prompt]), GREEDY)
+    assert [list(out[0].outputs[0].token_ids)] == hf_greedy(path, [prompt], GREEDY.max_tokens)
+
+
+@pytest.mark.parametrize(
+    "option, named",
+    [
+        (dict(enable_lora=True), "LoRA"),
+        (
+            dict(
+                speculative_config={
+                    "method": "ngram",
+                    "num_speculative_tokens": 2,
+                    "prompt_lookup_max": 3,
+                    "prompt_lookup_min": 1,
+                }
+            ),
+            "speculative decoding",
+        ),
+        (dict(pipeline_parallel_size=2), "pipeline parallelism"),
+    ],
+    ids=["lora", "speculative_decoding", "pipeline_parallel"],
+)
+def test_unsupported_feature_fails_at_startup_naming_it(option, named, tiny_checkpoint):
+    from vllm import LLM
+
+    with pytest.raises(NotImplementedError, match=named):
+        LLM(model=str(tiny_checkpoint("llama")), skip_tokenizer_init=True, **option)
