@@ -11,6 +11,8 @@ completion, then the throughput.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import time
 
 PROMPTS = [
@@ -25,14 +27,24 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF checkpoint directory (default: SmolLM2-135M)")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=0.0)
     return parser.parse_args()
 
 
+def default_dtype() -> str:
+    """bf16 where JAX will find an NVIDIA GPU; float32 on XLA:CPU, where bf16 matmuls are
+    emulated and about 10x slower. Decided without starting JAX in this process (vLLM's engine
+    process owns the device)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    gpu = shutil.which("nvidia-smi") is not None and platforms in ("", "cuda", "gpu")
+    return "bfloat16" if gpu else "float32"
+
+
 def main() -> None:
     args = parse_args()
+    dtype = args.dtype or default_dtype()
     model = args.model
     if model is None:
         from vllm_xla_gpu.checkpoints.smollm2 import ensure_smollm2
@@ -42,11 +54,11 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.platforms import current_platform
 
-    print(f"platform: {type(current_platform).__name__}; model: {model}")
+    print(f"platform: {type(current_platform).__name__}; model: {model}; dtype: {dtype}")
     start = time.perf_counter()
     llm = LLM(
         model=model,
-        dtype=args.dtype,
+        dtype=dtype,
         max_model_len=args.max_model_len,
         max_num_seqs=16,
         max_num_batched_tokens=256,

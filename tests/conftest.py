@@ -9,7 +9,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Float32 is the reference dtype of the token-exact tests. On NVIDIA GPUs XLA would run float32
+# dots as TF32 by default (10-bit mantissa), which can flip a greedy choice; ask for full float32.
+# XLA:CPU computes float32 dots in float32 either way.
+jax.config.update("jax_default_matmul_precision", "highest")
 from tiny_models import write_tiny_checkpoint  # noqa: E402
 
 

@@ -1,0 +1,143 @@
+"""Published architectures, written as random-weight checkpoints for speed measurements.
+
+Weight values do not change speed, so a benchmark needs only the architecture numbers. Each entry
+below copies the published ``config.json`` values of the named model (sources in the comments);
+:func:`write_random_checkpoint` saves such a model with random bf16 weights, plus a tokenizer
+directory when one is given, without touching a model hub.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+ARCHITECTURES: dict[str, dict] = {
+    # HuggingFaceTB/SmolLM2-135M-Instruct config.json
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    # meta-llama/Llama-3.2-1B config.json
+    "llama-3.2-1b": dict(
+        model_type="llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    ),
+    # meta-llama/Llama-3.1-8B config.json
+    "llama-3.1-8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+    ),
+    # Qwen/Qwen3-0.6B config.json
+    "qwen3-0.6b": dict(
+        model_type="qwen3",
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ),
+}
+
+
+def write_random_checkpoint(
+    name: str, path: str | pathlib.Path, tokenizer_dir: str | pathlib.Path | None = None
+) -> pathlib.Path:
+    """Save architecture ``name`` with random bf16 weights to ``path`` (skipped if present).
+
+    Args:
+        name: a key of :data:`ARCHITECTURES`.
+        path: output directory.
+        tokenizer_dir: optional directory whose tokenizer files are copied beside the weights.
+    """
+    import torch
+    import transformers
+
+    path = pathlib.Path(path)
+    if (path / "config.json").exists():
+        return path
+    config = transformers.AutoConfig.for_model(**ARCHITECTURES[name])
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(path)
+    if tokenizer_dir is not None:
+        for f in pathlib.Path(tokenizer_dir).glob("tokenizer*"):
+            shutil.copy(f, path / f.name)
+    (path / "random_weights.json").write_text(json.dumps({"architecture": name}))
+    return path
+
+
+def weight_bytes(name: str) -> int:
+    """Bytes of bf16 weights read by one decode step (embedding row reads excluded)."""
+    a = ARCHITECTURES[name]
+    h, i, n = a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"]
+    d = a["head_dim"]
+    attn = h * d * (a["num_attention_heads"] * 2 + a["num_key_value_heads"] * 2)
+    per_layer = attn + 3 * h * i + 2 * h
+    lm_head = a["vocab_size"] * h
+    return 2 * (n * per_layer + lm_head + h)
+
+
+def kv_bytes_per_token(name: str) -> int:
+    """Bytes of bf16 K and V stored per token over all layers."""
+    a = ARCHITECTURES[name]
+    return 2 * 2 * a["num_hidden_layers"] * a["num_key_value_heads"] * a["head_dim"]

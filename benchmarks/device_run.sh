@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything one GPU-machine session checks and measures, in one command (logs under $OUT):
+#   1. the token-exact greedy tests on the GPU (float32, full-precision dots);
+#   2. the main job's code path: SmolLM2's architecture and real tokenizer, random weights
+#      (the GPU machine has no network, and the real weights are too large to carry);
+#   3. decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
+# Run there as:  source .device/setup.sh && bash benchmarks/device_run.sh
+# (.device from ../shared/device/make-bundle.sh; .whl holds pytest; .device-assets the tokenizer)
+set -uo pipefail
+out=${OUT:-/tmp/vxg-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 VLLM_XLA_GPU_CACHE_DIR=/tmp/vxg-jax-cache
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/vxg-whl .whl/*.whl 2>&1 | grep -v WARNING
+  export PYTHONPATH="$PYTHONPATH:/tmp/vxg-whl"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import jax, torch, vllm; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'vllm', vllm.__version__)" | tee "$out/versions.txt"
+
+step() { printf '\n===== %s =====\n' "$*"; }
+if [ -z "${SKIP_CHECKS:-}" ]; then
+step "1. greedy token-exact tests on the GPU"
+JAX_PLATFORMS=cuda timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_generate_matches_hf.py \
+  tests/test_engine_behaviour.py ${PYTEST_K:+-k "$PYTEST_K"} > "$out/gpu_tests.log" 2>&1
+echo "pytest exit $?"; grep -E "passed|failed|error" "$out/gpu_tests.log" | tail -3
+
+step "2. main job code path (random-weight SmolLM2 with its real tokenizer)"
+python3 - <<'PY'
+import sys; sys.path.insert(0, "benchmarks")
+from architectures import write_random_checkpoint
+write_random_checkpoint("smollm2-135m", "/tmp/vxg-smollm2-random", ".device-assets/smollm2-tokenizer")
+PY
+timeout 300 python3 examples/generate.py --model /tmp/vxg-smollm2-random --max-tokens 32 \
+  > "$out/main_job.log" 2>&1
+echo "main job exit $?"; grep -E "platform:|engine ready|tokens/s" "$out/main_job.log"
+fi
+
+step "3. decode benchmarks"
+for arch in ${ARCHS:-smollm2-135m llama-3.2-1b}; do
+  timeout ${BENCH_TIMEOUT:-400} python3 benchmarks/decode.py --arch "$arch" --batch-sizes 1 32 \
+    --json "$out/decode_$arch.json" > "$out/decode_$arch.log" 2>&1
+  echo "$arch exit $?"; sed -n '/ on /,$p' "$out/decode_$arch.log" | grep -v "WARNING\|INFO" | tail -5
+done
