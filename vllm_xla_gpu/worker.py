@@ -52,8 +52,12 @@ class XlaGpuWorker(WorkerBase):
 
     def init_device(self) -> None:
         """Start JAX on its default device and set up vLLM's (trivial) distributed state."""
-        # Allocate on demand, so memory_stats() tells what is really in use (KV-cache budget).
+        # Allocate on demand, so memory_stats() tells what is really in use (KV-cache budget),
+        # and let JAX's allocator grow to vLLM's share of the device, not its default 75%.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        os.environ.setdefault(
+            "XLA_PYTHON_CLIENT_MEM_FRACTION", str(self.cache_config.gpu_memory_utilization)
+        )
         patch_torch_accelerator()
         _enable_compilation_cache(self.config.compilation_cache_dir)
         self.device = torch.device("cpu")  # where vLLM's torch tensors live
@@ -76,16 +80,32 @@ class XlaGpuWorker(WorkerBase):
         return self.model_runner.get_kv_cache_spec()
 
     def determine_available_memory(self) -> int:
-        """Bytes for the KV cache: ``bytes_limit * gpu_memory_utilization - bytes_in_use`` on a
-        device that reports memory; ``--kv-cache-memory-bytes`` or the stated default on CPU."""
+        """Bytes for the KV cache.
+
+        ``--kv-cache-memory-bytes`` when given. On a device that reports memory: JAX's
+        ``bytes_limit`` (``gpu_memory_utilization`` of the device, see ``init_device``) minus what
+        is in use (weights) minus the scratch of the largest step, from XLA's memory analysis.
+        On XLA:CPU, which reports none, the stated default (``VLLM_XLA_GPU_CPU_KV_BYTES``).
+        """
         explicit = self.cache_config.kv_cache_memory_bytes
         if explicit:
             return int(explicit)
         stats = self.jax_device.memory_stats()
         if not stats or "bytes_limit" not in stats:
             return self.config.cpu_kv_cache_bytes
-        budget = stats["bytes_limit"] * self.cache_config.gpu_memory_utilization
-        return int(budget - stats["bytes_in_use"])
+        scratch = self.model_runner.step_scratch_bytes()
+        # Headroom for allocator fragmentation and the small per-step transfers.
+        headroom = 256 << 20
+        budget = stats["bytes_limit"] - stats["bytes_in_use"] - scratch - headroom
+        logger.info(
+            "KV-cache budget %.2f GiB = limit %.2f - in use %.2f - step scratch %.2f - %.2f GiB",
+            budget / 2**30,
+            stats["bytes_limit"] / 2**30,
+            stats["bytes_in_use"] / 2**30,
+            scratch / 2**30,
+            headroom / 2**30,
+        )
+        return int(budget)
 
     def initialize_from_config(self, kv_cache_config: KVCacheConfig) -> None:
         self.model_runner.initialize_kv_cache(kv_cache_config)

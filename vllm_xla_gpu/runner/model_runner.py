@@ -121,11 +121,11 @@ class XlaGpuModelRunner:
         spec: AttentionSpec = group.kv_cache_spec
         self.block_size = spec.block_size
         num_blocks = kv_cache_config.num_blocks
-        shape = (2, num_blocks, self.block_size, spec.num_kv_heads, spec.head_size)
-        dtype = t2j_dtype(spec.dtype)
         # Committed to the device, like every later step's output: jit keys its cache on that.
-        sharding = jax.sharding.SingleDeviceSharding(self.device)
-        zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+        zeros = jax.jit(
+            lambda: jnp.zeros(_kv_cache_shape(spec, num_blocks), t2j_dtype(spec.dtype)),
+            out_shardings=jax.sharding.SingleDeviceSharding(self.device),
+        )
         self.kv_caches = {name: zeros() for name in group.layer_names}
         self.kv_cache_block_bytes = spec.page_size_bytes
         self.max_blocks_per_req = cdiv(self.config.max_model_len, self.block_size)
@@ -134,12 +134,35 @@ class XlaGpuModelRunner:
         )
         self.sampling_inputs = SamplingInputs(self.max_num_reqs)
         logger.info(
-            "KV cache: %d layers x %s %s (%.2f GiB)",
+            "KV cache: %d layers x %s (%.2f GiB)",
             len(self.kv_caches),
-            shape,
-            dtype.__name__ if hasattr(dtype, "__name__") else dtype,
+            _kv_cache_shape(spec, num_blocks),
             len(self.kv_caches) * num_blocks * spec.page_size_bytes / 2**30,
         )
+
+    def step_scratch_bytes(self) -> int:
+        """Device memory the largest steps need besides weights and KV cache.
+
+        XLA's memory analysis of the largest token bucket's ``model_step`` and the largest
+        request bucket's ``sample_step``, compiled against a one-page KV cache (the cache size
+        does not change their scratch). Used to size the KV cache on a GPU.
+        """
+        specs = self.get_kv_cache_spec()
+        spec = next(iter(specs.values()))
+        sharding = jax.sharding.SingleDeviceSharding(self.device)
+        kv = {
+            name: jax.ShapeDtypeStruct(_kv_cache_shape(s, 1), t2j_dtype(s.dtype), sharding=sharding)
+            for name, s in specs.items()
+        }
+        max_blocks = cdiv(self.config.max_model_len, spec.block_size)
+        inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
+        model_step = self._model_step.lower(self.params, kv, inputs)
+        hidden = model_step.out_info[0]
+        md = SamplingInputs(self.max_num_reqs).to_metadata(
+            np.zeros(0, np.int32), np.zeros(0, np.int32), self.request_buckets[-1]
+        )
+        sample_step = self._sample_step.lower(self.params, hidden, md)
+        return sum(_scratch(lowered) for lowered in (model_step, sample_step))
 
     def precompile(self) -> float:
         """Compile ``model_step`` for every token bucket and ``sample_step`` for every request
@@ -309,3 +332,15 @@ class XlaGpuModelRunner:
             self.batch.num_tokens[row] = state.num_tokens
             if new_blocks is not None:
                 self.batch.append_blocks(row, new_blocks[0])
+
+
+def _kv_cache_shape(spec: AttentionSpec, num_blocks: int) -> tuple[int, ...]:
+    return (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_size)
+
+
+def _scratch(lowered) -> int:
+    """Temporary plus non-aliased output bytes of a lowered program (compiles it)."""
+    analysis = lowered.compile().memory_analysis()
+    return (
+        analysis.temp_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+    )
