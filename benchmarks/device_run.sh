@@ -17,6 +17,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import jax, torch, vllm; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'vllm', vllm.__version__)" | tee "$out/versions.txt"
 
+XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 -c "
+import jax, jax.numpy as jnp; d = jax.devices()[0]; print('memory_stats at start', d.memory_stats())
+x = jnp.ones((1 << 28,), jnp.float32).block_until_ready(); print('after 1 GiB', d.memory_stats())" | tee "$out/memory_stats.txt"
 step() { printf '\n===== %s =====\n' "$*"; }
 if [ -z "${SKIP_CHECKS:-}" ]; then
 step "1. greedy token-exact tests on the GPU"
@@ -36,8 +39,14 @@ echo "main job exit $?"; grep -E "platform:|engine ready|tokens/s" "$out/main_jo
 fi
 
 step "3. decode benchmarks"
+# An architecture named twice runs twice: the second start is a warm restart (JAX's
+# persistent compilation cache), written as decode_<arch>_2.json.
+declare -A runs=()
 for arch in ${ARCHS:-smollm2-135m llama-3.2-1b}; do
-  timeout ${BENCH_TIMEOUT:-400} python3 benchmarks/decode.py --arch "$arch" --batch-sizes 1 32 \
-    --json "$out/decode_$arch.json" > "$out/decode_$arch.log" 2>&1
-  echo "$arch exit $?"; sed -n '/ on /,$p' "$out/decode_$arch.log" | grep -v "WARNING\|INFO" | tail -5
+  runs[$arch]=$(( ${runs[$arch]:-0} + 1 ))
+  name="decode_$arch$([ "${runs[$arch]}" -gt 1 ] && echo "_${runs[$arch]}")"
+  timeout ${BENCH_TIMEOUT:-400} python3 benchmarks/decode.py --arch "$arch" --batch-sizes 1 32 ${BENCH_ARGS:-} \
+    --json "$out/$name.json" > "$out/$name.log" 2>&1
+  echo "$name exit $?"; sed -n '/ on /,$p' "$out/$name.log" | grep -v "WARNING\|INFO" | tail -5
+  grep -h "KV-cache budget" "$out/$name.log" | tail -1 | cut -c1-220
 done

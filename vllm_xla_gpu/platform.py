@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
-logger = init_logger(__name__)
+logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
 ATTENTION_BACKEND = "vllm_xla_gpu.attention.backend.XlaGpuPagedAttentionBackend"
 WORKER = "vllm_xla_gpu.worker.XlaGpuWorker"

@@ -31,7 +31,7 @@ from vllm_xla_gpu.compat import patch_torch_accelerator
 from vllm_xla_gpu.config import XlaGpuConfig
 from vllm_xla_gpu.runner.model_runner import XlaGpuModelRunner
 
-logger = init_logger(__name__)
+logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
 
 class XlaGpuWorker(WorkerBase):

@@ -48,7 +48,7 @@ from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepa
 from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata
 from vllm_xla_gpu.sample.sampler import sample
 
-logger = init_logger(__name__)
+logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
 MIN_REQUEST_BUCKET = 8
 
