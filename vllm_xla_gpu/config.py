@@ -14,6 +14,7 @@ Environment variables (all optional):
 ``VLLM_XLA_GPU_MIN_TOKENS``     smallest token bucket (default 16).
 ``VLLM_XLA_GPU_PRECOMPILE``     ``0`` skips compiling every bucket at start-up (debug only:
                                 serving then compiles on first use of each shape).
+``VLLM_XLA_GPU_CACHE``          root of converted checkpoints (default ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``   KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
                                 not given (default 1 GiB).
 ==============================  ===============================================================
@@ -39,6 +40,12 @@ def _env(name: str, default: str) -> str:
 def plugin_enabled() -> bool:
     """Whether the platform plugin is active (``VLLM_XLA_GPU_DISABLE`` is not ``1``)."""
     return _env("DISABLE", "0") not in ("1", "true", "True")
+
+
+def checkpoint_cache_root() -> str:
+    """Root of converted checkpoints: ``$VLLM_XLA_GPU_CACHE`` or ``~/.cache/vllm_xla_gpu``."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "vllm_xla_gpu")
+    return os.path.expanduser(os.environ.get("VLLM_XLA_GPU_CACHE") or default)
 
 
 def default_compilation_cache_dir() -> str | None:

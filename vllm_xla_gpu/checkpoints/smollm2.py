@@ -58,9 +58,9 @@ def default_cache_dir() -> pathlib.Path:
     Returns:
         The checkpoint directory (it may not exist yet).
     """
-    default_root = pathlib.Path.home() / ".cache" / "vllm_xla_gpu"
-    root = pathlib.Path(os.environ.get("VLLM_XLA_GPU_CACHE") or default_root).expanduser()
-    return root / "models" / MODEL_NAME
+    from vllm_xla_gpu.config import checkpoint_cache_root
+
+    return pathlib.Path(checkpoint_cache_root()) / "models" / MODEL_NAME
 
 
 def find_gguf_file() -> pathlib.Path:
