@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Everything one GPU-machine session checks and measures, in one command (logs under $OUT):
-#   1. the token-exact greedy tests on the GPU (float32, full-precision dots);
-#   2. the main job's code path: SmolLM2's architecture and real tokenizer, random weights
-#      (the GPU machine has no network, and the real weights are too large to carry);
-#   3. decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
+# Everything one GPU-machine session checks and measures (logs under $OUT); STAGES picks a subset
+# (default: all four, in this order), since one command may run 10 minutes at most:
+#   tests      the Triton kernel and torch-op tests, then the token-exact greedy tests on the GPU
+#              (float32, full-precision dots), with the default (kernel) attention;
+#   main       the main job's code path: SmolLM2's architecture and real tokenizer, random weights
+#              (the GPU machine has no network, and the real weights are too large to carry);
+#   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
+#   decode     decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
 # Run there as:  source .device/setup.sh && bash benchmarks/device_run.sh
 # (.device from ../shared/device/make-bundle.sh; .whl holds pytest; .device-assets the tokenizer)
 set -uo pipefail
@@ -21,13 +24,19 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 -
 import jax, jax.numpy as jnp; d = jax.devices()[0]; print('memory_stats at start', d.memory_stats())
 x = jnp.ones((1 << 28,), jnp.float32).block_until_ready(); print('after 1 GiB', d.memory_stats())" | tee "$out/memory_stats.txt"
 step() { printf '\n===== %s =====\n' "$*"; }
-if [ -z "${SKIP_CHECKS:-}" ]; then
-step "1. greedy token-exact tests on the GPU"
-JAX_PLATFORMS=cuda timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_generate_matches_hf.py \
+stages=" ${STAGES:-tests main attention decode} "
+if [[ $stages == *" tests "* ]]; then
+step "tests: kernel and torch op, then greedy token-exact on the GPU"
+JAX_PLATFORMS=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider \
+  tests/test_ragged_paged_attention_triton.py tests/test_torch_op.py > "$out/kernel_tests.log" 2>&1
+echo "kernel pytest exit $?"; grep -E "passed|failed|error" "$out/kernel_tests.log" | tail -3
+JAX_PLATFORMS=cuda timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider tests/test_generate_matches_hf.py \
   tests/test_engine_behaviour.py ${PYTEST_K:+-k "$PYTEST_K"} > "$out/gpu_tests.log" 2>&1
 echo "pytest exit $?"; grep -E "passed|failed|error" "$out/gpu_tests.log" | tail -3
+fi
 
-step "2. main job code path (random-weight SmolLM2 with its real tokenizer)"
+if [[ $stages == *" main "* ]]; then
+step "main job code path (random-weight SmolLM2 with its real tokenizer)"
 python3 - <<'PY'
 import sys; sys.path.insert(0, "benchmarks")
 from architectures import write_random_checkpoint
@@ -38,7 +47,15 @@ timeout 300 python3 examples/generate.py --model /tmp/vxg-smollm2-random --max-t
 echo "main job exit $?"; grep -E "platform:|engine ready|tokens/s" "$out/main_job.log"
 fi
 
-step "3. decode benchmarks"
+if [[ $stages == *" attention "* ]]; then
+step "attention benchmark"
+timeout ${ATTN_TIMEOUT:-300} python3 benchmarks/attention.py ${ATTN_ARGS:-} --json "$out/attention.json" \
+  > "$out/attention.log" 2>&1
+echo "attention exit $?"; grep -v "WARNING\|INFO" "$out/attention.log" | tail -14
+fi
+
+[[ $stages == *" decode "* ]] || exit 0
+step "decode benchmarks"
 # An architecture named twice runs twice: the second start is a warm restart (JAX's
 # persistent compilation cache), written as decode_<arch>_2.json.
 declare -A runs=()

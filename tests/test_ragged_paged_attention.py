@@ -60,7 +60,7 @@ class Step:
 
 
 def make_step(
-    case: str,
+    case: str | tuple[list[int], list[int], int],
     num_q_heads: int,
     num_kv_heads: int,
     *,
@@ -69,8 +69,9 @@ def make_step(
     block_size: int = 8,
     seed: int = 0,
 ) -> Step:
-    """Random requests of ``CASES[case]`` laid out in a paged cache, as vLLM would lay them out."""
-    num_computed, num_scheduled, num_tokens_padded = CASES[case]
+    """Random requests of ``CASES[case]`` (or of ``case`` itself: computed, scheduled, padded)
+    laid out in a paged cache, as vLLM would lay them out."""
+    num_computed, num_scheduled, num_tokens_padded = CASES[case] if isinstance(case, str) else case
     rng = np.random.default_rng(seed)
     seq_lens = [c + s for c, s in zip(num_computed, num_scheduled, strict=True)]
     keys = [_random(rng, (n, num_kv_heads, head_dim), dtype) for n in seq_lens]

@@ -5,19 +5,20 @@ Data flow inside one traced step (see ``runner/model_runner.py``):
 1. The runner puts an :class:`XlaGpuAttentionMetadata` into vLLM's forward context. It holds the
    step's :class:`~vllm_xla_gpu.ops.attention_metadata.AttentionMetadata` (traced JAX arrays), the
    per-layer KV caches (``layer_name -> [2, num_blocks, block_size, num_kv_heads, head_dim]``)
-   and the chosen ``ragged_paged_attention`` implementation.
+   and the registry name of the chosen ``ragged_paged_attention`` implementation.
 2. vLLM's ``Attention.forward`` calls :meth:`XlaGpuPagedAttentionImpl.forward` with torchax
    tensors ``query [T, Hq, D]``, ``key``/``value [T, Hkv, D]`` (rotary applied) and an
    ``output [T, Hq, D]`` to fill in place. vLLM's own ``kv_cache`` argument is an empty
    placeholder: the real cache comes from the forward context, keyed by ``layer.layer_name``.
-3. The op writes the new K/V into the pages and attends; the updated cache replaces the old one
-   in the context, and the runner returns all caches from the jitted step so they are donated.
+3. The impl calls the torch operator ``torch.ops.xla_gpu.ragged_paged_attention`` (one node per
+   layer in the captured torch graph), which torchax lowers to the JAX implementation. It
+   writes the new K/V into the pages and attends; the updated cache replaces the old one in the
+   context, and the runner returns all caches from the jitted step so they are donated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import ClassVar
 
 import jax
@@ -32,6 +33,7 @@ from vllm.v1.attention.backend import (
 )
 
 from vllm_xla_gpu.attention.registration import BACKEND_NAME
+from vllm_xla_gpu.ops import torch_op  # noqa: F401  (defines torch.ops.xla_gpu.*)
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
 
 
@@ -42,12 +44,13 @@ class XlaGpuAttentionMetadata:
     Attributes:
         metadata: the step's paged-attention metadata (traced arrays, shared by all layers).
         kv_caches: layer name -> KV cache; each layer replaces its entry with the updated cache.
-        attention_fn: the ``ragged_paged_attention`` implementation chosen from the config.
+        attention_impl: registry name of the ``ragged_paged_attention`` implementation
+            (``reference``, ``triton``, ...), resolved from the config for the device.
     """
 
     metadata: AttentionMetadata
     kv_caches: dict[str, jax.Array]
-    attention_fn: Callable[..., tuple[jax.Array, jax.Array]]
+    attention_impl: str
 
 
 class XlaGpuPagedAttentionBackend(AttentionBackend):
@@ -140,15 +143,18 @@ class XlaGpuPagedAttentionImpl(AttentionImpl):
         if output is None or output_scale is not None or output_block_scale is not None:
             raise NotImplementedError("The XLA backend needs an output buffer and no fp8 output.")
         name = layer.layer_name
-        out, attn_metadata.kv_caches[name] = attn_metadata.attention_fn(
-            jax_view(query),
-            jax_view(key),
-            jax_view(value),
-            attn_metadata.kv_caches[name],
-            attn_metadata.metadata,
+        md = attn_metadata.metadata
+        out, new_cache = torch.ops.xla_gpu.ragged_paged_attention(
+            query,
+            key,
+            value,
+            torch_view(attn_metadata.kv_caches[name]),
+            *torch_view((md.slot_mapping, md.block_tables, md.seq_lens, md.query_start_loc)),
             sm_scale=self.scale,
             sliding_window=self.sliding_window,
             soft_cap=self.logits_soft_cap,
+            impl=attn_metadata.attention_impl,
         )
-        output.copy_(torch_view(out.reshape(output.shape)))
+        attn_metadata.kv_caches[name] = jax_view(new_cache)
+        output.copy_(out.reshape(output.shape))
         return output

@@ -40,7 +40,8 @@ from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 from vllm_xla_gpu.attention.backend import XlaGpuAttentionMetadata
 from vllm_xla_gpu.config import XlaGpuConfig
 from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params
-from vllm_xla_gpu.ops.ragged_paged_attention.registry import get_ragged_paged_attention
+from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_attention_impl
+from vllm_xla_gpu.ops.torch_op import register_torch_op
 from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
@@ -81,7 +82,8 @@ class XlaGpuModelRunner:
             config.min_token_bucket, config.max_num_batched_tokens
         )
         self.request_buckets = power_of_two_buckets(MIN_REQUEST_BUCKET, self.max_num_reqs)
-        self.attention_fn = get_ragged_paged_attention(config.attention_impl, device.platform)
+        self.attention_impl = resolve_attention_impl(config.attention_impl, device.platform)
+        register_torch_op()
         self.requests: dict[str, RequestState] = {}
         self.compile_guard = CompileGuard()
         self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,))
@@ -262,7 +264,7 @@ class XlaGpuModelRunner:
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """vLLM's model over the padded tokens; returns hidden states at each request's last
         token (``[max_num_seqs, hidden]``) and the updated KV caches."""
-        ctx = XlaGpuAttentionMetadata(inputs.attn, dict(kv_caches), self.attention_fn)
+        ctx = XlaGpuAttentionMetadata(inputs.attn, dict(kv_caches), self.attention_impl)
         num_tokens = inputs.input_ids.shape[0]
         with (
             torchax.default_env(),

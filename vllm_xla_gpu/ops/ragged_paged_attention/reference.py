@@ -107,8 +107,7 @@ def ragged_paged_attention(
         ValueError: inconsistent shapes, a head count that does not divide, or a non-positive
             ``sliding_window`` / ``soft_cap``.
     """
-    _check_shapes(q, k, v, kv_cache, md)
-    _check_options(sliding_window, soft_cap)
+    check_inputs(q, k, v, kv_cache, md, sliding_window, soft_cap)
     md = jax.tree.map(jnp.asarray, md)  # host (numpy) metadata too: it is indexed by tracers
     kv_cache = write_kv_cache(k, v, kv_cache, md.slot_mapping)
     num_tokens = q.shape[0]
@@ -219,6 +218,21 @@ def _tokens_per_batch(
     while batch > 1 and batch * bytes_per_token > MAX_GATHER_BYTES_PER_BATCH:
         batch //= 2
     return min(batch, num_tokens)
+
+
+def check_inputs(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_cache: jax.Array,
+    md: AttentionMetadata,
+    sliding_window: int | None,
+    soft_cap: float | None,
+) -> None:
+    """Raise ``ValueError`` for inconsistent shapes or bad options (every implementation
+    calls it)."""
+    _check_shapes(q, k, v, kv_cache, md)
+    _check_options(sliding_window, soft_cap)
 
 
 def _check_shapes(

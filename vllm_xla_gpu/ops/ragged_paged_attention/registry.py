@@ -14,9 +14,10 @@ from collections.abc import Callable
 # name -> (module path, platforms it runs on; empty = every platform)
 _IMPLEMENTATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reference": ("vllm_xla_gpu.ops.ragged_paged_attention.reference", ()),
+    "triton": ("vllm_xla_gpu.ops.ragged_paged_attention.triton_gpu", ("gpu",)),
 }
 # platform -> preferred implementation names for "auto", best first
-_AUTO_ORDER: dict[str, list[str]] = {}
+_AUTO_ORDER: dict[str, list[str]] = {"gpu": ["triton"]}
 
 
 def register(name: str, module: str, platforms: tuple[str, ...], *, auto: bool = True) -> None:
@@ -39,8 +40,8 @@ def available(platform: str) -> list[str]:
     return [n for n, (_, p) in _IMPLEMENTATIONS.items() if not p or platform in p]
 
 
-def get_ragged_paged_attention(name: str, platform: str) -> Callable:
-    """The ``ragged_paged_attention`` function called ``name`` (or ``"auto"``) for ``platform``.
+def resolve(name: str, platform: str) -> str:
+    """The concrete implementation name that ``name`` (or ``"auto"``) means on ``platform``.
 
     Raises:
         ValueError: unknown name, or an implementation that does not run on ``platform``.
@@ -52,5 +53,14 @@ def get_ragged_paged_attention(name: str, platform: str) -> Callable:
             f"attention implementation {name!r} is not available on {platform!r}; "
             f"choose one of {available(platform)}"
         )
-    module = importlib.import_module(_IMPLEMENTATIONS[name][0])
+    return name
+
+
+def get_ragged_paged_attention(name: str, platform: str) -> Callable:
+    """The ``ragged_paged_attention`` function called ``name`` (or ``"auto"``) for ``platform``.
+
+    Raises:
+        ValueError: unknown name, or an implementation that does not run on ``platform``.
+    """
+    module = importlib.import_module(_IMPLEMENTATIONS[resolve(name, platform)][0])
     return module.ragged_paged_attention

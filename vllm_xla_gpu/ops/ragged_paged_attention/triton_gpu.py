@@ -1,0 +1,260 @@
+"""Ragged paged attention on NVIDIA GPUs: a Triton kernel called from JAX through ``jax-triton``.
+
+Same signature and semantics as ``reference.py`` (read its docstring first: KV layout, metadata,
+masking rules). The K/V write is the reference's XLA scatter (in place on the donated cache, a
+few kilobytes per token); the attention is one Triton launch that serves decode, prefill, chunked
+prefill and mixed batches alike.
+
+Work decomposition
+------------------
+The grid is ``(num_q_tiles, num_kv_heads)``. A *q tile* is up to ``BLOCK_Q`` consecutive tokens
+of one request; together with the ``G = num_q_heads // num_kv_heads`` query heads that share a KV
+head, it makes the ``BLOCK_M = BLOCK_Q * G`` rows of the tile's score matrix (row ``m`` is token
+``m // G``, head ``kv_head * G + m % G``), so one pass over a KV page serves every query head
+that reads it (GQA/MQA cost no extra KV traffic). Tiles never straddle two requests: request
+``r`` owns tiles ``query_start_loc[r] // BLOCK_Q + r`` onwards (the ``+ r`` leaves room for its
+partial last tile), so a program finds its request by a binary search over ``query_start_loc``
+and ``num_tokens // BLOCK_Q + max_num_reqs`` programs always suffice; spare ones exit at once.
+Every shape is static, so the launch is part of the step's single compiled program.
+
+Each program walks its request's KV from position ``0`` (or the sliding window's start) up to
+its last token's position in ``BLOCK_N``-row chunks. Row ``n`` of a chunk is position ``j``,
+read from page ``block_tables[r, j // block_size]``: the chunk is a gather, so ``BLOCK_N`` does
+not depend on the page size. Scores use the online softmax (running max and sum in float32,
+``exp2`` with ``log2(e)`` folded into the scale); hidden positions get ``-inf`` and positions
+past the last token are never loaded, so stale or NaN pages cannot leak into the output.
+
+Block sizes are chosen on the host from static shapes (:func:`kernel_config`): a small
+``BLOCK_M`` when the token bucket is no larger than the request count (decode-heavy steps:
+the work is reading KV, so fewer wasted rows), a large one otherwise (prefill: the work is
+matmuls). Float32 inputs use IEEE float32 dots, so float32 results match the reference closely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import triton
+import triton.language as tl
+
+from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
+from vllm_xla_gpu.ops.ragged_paged_attention import reference
+
+_LOG2_E = 1.4426950408889634
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Static launch parameters (Triton ``constexpr`` values) for one traced call."""
+
+    block_q: int  # tokens per q tile
+    block_m: int  # score rows per tile: block_q * G, rounded up to a power of two >= 16
+    block_n: int  # KV positions per inner-loop chunk
+    num_warps: int
+    num_stages: int
+
+
+def kernel_config(num_tokens: int, num_reqs: int, group: int, head_dim: int) -> KernelConfig:
+    """Pick block sizes from the step's static shapes (token bucket, request rows, GQA group)."""
+    decode_heavy = num_tokens <= num_reqs
+    rows = 16 if decode_heavy else (128 if head_dim <= 128 else 64)
+    block_m = max(rows, triton.next_power_of_2(group))
+    block_q = max(1, block_m // group)
+    block_n = 64 if head_dim <= 128 else 32
+    num_warps = 4 if block_m <= 64 else 8
+    return KernelConfig(block_q, block_m, block_n, num_warps, num_stages=2)
+
+
+def ragged_paged_attention(
+    q: jax.Array,  # [num_tokens, num_q_heads, head_dim]
+    k: jax.Array,  # [num_tokens, num_kv_heads, head_dim], rotary applied
+    v: jax.Array,  # [num_tokens, num_kv_heads, head_dim]
+    kv_cache: jax.Array,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    md: AttentionMetadata,
+    *,
+    sm_scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Write this step's K/V into the paged cache, then attend with the Triton kernel.
+
+    Arguments, results and errors are those of
+    :func:`vllm_xla_gpu.ops.ragged_paged_attention.reference.ragged_paged_attention`.
+    """
+    import jax_triton  # GPU-only dependency (the ``cuda`` extra): imported when first traced
+
+    reference.check_inputs(q, k, v, kv_cache, md, sliding_window, soft_cap)
+    md = jax.tree.map(jnp.asarray, md)
+    kv_cache = reference.write_kv_cache(k, v, kv_cache, md.slot_mapping)
+    num_tokens, num_q_heads, head_dim = q.shape
+    if num_tokens == 0:
+        return jnp.zeros_like(q), kv_cache
+    _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
+    num_reqs, max_blocks = md.block_tables.shape
+    cfg = kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
+    out = jax_triton.triton_call(
+        q,
+        kv_cache,
+        md.block_tables,
+        md.seq_lens,
+        md.query_start_loc,
+        kernel=ragged_paged_attention_kernel,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(num_tokens // cfg.block_q + num_reqs, num_kv_heads),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        zeroed_outputs=(0,),  # padding tokens belong to no tile: their output stays zero
+        **kernel_constants(q, kv_cache, md, cfg, sm_scale, sliding_window, soft_cap),
+    )
+    return out, kv_cache
+
+
+def kernel_constants(
+    q: jax.Array,
+    kv_cache: jax.Array,
+    md: AttentionMetadata,
+    cfg: KernelConfig,
+    sm_scale: float,
+    sliding_window: int | None,
+    soft_cap: float | None,
+) -> dict[str, object]:
+    """The kernel's ``constexpr`` arguments for these (static) shapes and options.
+
+    Shared by the JAX wrapper and the tests that run the kernel in Triton's interpreter.
+    """
+    _, num_q_heads, head_dim = q.shape
+    _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
+    num_reqs, max_blocks = md.block_tables.shape
+    return dict(
+        NUM_REQS=num_reqs,
+        SEARCH_STEPS=max(1, math.ceil(math.log2(num_reqs + 1))),
+        NUM_Q_HEADS=num_q_heads,
+        NUM_KV_HEADS=num_kv_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_SIZE=block_size,
+        NUM_BLOCKS=num_blocks,
+        MAX_BLOCKS=max_blocks,
+        BLOCK_Q=cfg.block_q,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        SCALE_LOG2=sm_scale * _LOG2_E,
+        SM_SCALE=sm_scale,
+        SOFT_CAP=soft_cap or 0.0,
+        SLIDING_WINDOW=sliding_window or 0,
+        DOT_PRECISION="ieee" if q.dtype == jnp.float32 else "tf32",
+    )
+
+
+@triton.jit
+def _find_request(qsl_ptr, pid, NUM_REQS: tl.constexpr, SEARCH_STEPS: tl.constexpr, BLOCK_Q):
+    """The last request ``r`` whose first tile ``qsl[r] // BLOCK_Q + r`` is at or before ``pid``."""
+    lo = pid * 0  # an int32 scalar tensor, so the loop can update it
+    hi = lo + NUM_REQS
+    for _ in tl.static_range(SEARCH_STEPS):
+        mid = (lo + hi) // 2
+        first_tile = tl.load(qsl_ptr + mid) // BLOCK_Q + mid
+        right = first_tile <= pid
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    return lo
+
+
+@triton.jit
+def ragged_paged_attention_kernel(
+    q_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM]
+    kv_ptr,  # [2, NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM]
+    block_tables_ptr,  # i32[NUM_REQS, MAX_BLOCKS]
+    seq_lens_ptr,  # i32[NUM_REQS]
+    qsl_ptr,  # i32[NUM_REQS + 1]
+    out_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM], zeroed
+    NUM_REQS: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    NUM_BLOCKS: tl.constexpr,
+    MAX_BLOCKS: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SCALE_LOG2: tl.constexpr,
+    SM_SCALE: tl.constexpr,
+    SOFT_CAP: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One q tile of one request against one KV head: see the module docstring."""
+    GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
+    pid = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    req = _find_request(qsl_ptr, pid, NUM_REQS, SEARCH_STEPS, BLOCK_Q)
+    q_start = tl.load(qsl_ptr + req)
+    q_len = tl.load(qsl_ptr + req + 1) - q_start
+    tile = pid - (q_start // BLOCK_Q + req)
+    if tile * BLOCK_Q >= q_len:  # a spare program, or past its request's last token
+        return
+    context = tl.load(seq_lens_ptr + req) - q_len  # positions computed before this step
+
+    # Rows of the tile: token (within the request) and query head of each.
+    offs_m = tl.arange(0, BLOCK_M)
+    q_idx = tile * BLOCK_Q + offs_m // GROUP
+    head = kv_head * GROUP + offs_m % GROUP
+    row_ok = (offs_m < BLOCK_Q * GROUP) & (q_idx < q_len)
+    pos = context + q_idx
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = offs_d < HEAD_DIM
+    q_rows = (q_start + q_idx).to(tl.int64) * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM
+    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], row_ok[:, None] & d_ok[None, :], 0.0)
+
+    # KV positions this tile reads: [kv_lo, kv_hi).
+    last_q = tl.minimum(tile * BLOCK_Q + BLOCK_Q, q_len) - 1
+    kv_hi = context + last_q + 1
+    kv_lo = 0
+    if SLIDING_WINDOW > 0:
+        first_visible = tl.maximum(context + tile * BLOCK_Q - SLIDING_WINDOW + 1, 0)
+        kv_lo = (first_visible // BLOCK_N) * BLOCK_N
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
+    v_base = kv_ptr + NUM_BLOCKS * BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM  # int64: caches are big
+    for start in range(kv_lo, kv_hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < kv_hi
+        page = tl.load(block_tables_ptr + req * MAX_BLOCKS + offs_n // BLOCK_SIZE, n_ok, 0)
+        slot = page.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE
+        kv_rows = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
+        kv_offs = kv_rows[:, None] + offs_d[None, :]
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(kv_ptr + kv_offs, kv_mask, 0.0)
+        v = tl.load(v_base + kv_offs, kv_mask, 0.0)
+
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # f32[BLOCK_M, BLOCK_N]
+        if SOFT_CAP > 0:
+            s = s * SM_SCALE / SOFT_CAP
+            # tanh(x) = 1 - 2 / (exp(2x) + 1), which saturates cleanly at both ends.
+            s = (SOFT_CAP * _LOG2_E) * (1.0 - 2.0 / (tl.exp2(s * (2.0 * _LOG2_E)) + 1.0))
+        else:
+            s = s * SCALE_LOG2
+        visible = (offs_n[None, :] <= pos[:, None]) & n_ok[None, :]
+        if SLIDING_WINDOW > 0:
+            visible = visible & (offs_n[None, :] > pos[:, None] - SLIDING_WINDOW)
+        s = tl.where(visible, s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    out_ptrs = out_ptr + q_rows[:, None] + offs_d[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), row_ok[:, None] & d_ok[None, :])
