@@ -73,8 +73,9 @@ def test_unsupported_request_option_is_refused_and_engine_keeps_serving(tiny_che
     path = tiny_checkpoint("llama")
     prompt = [3, 14, 15, 92, 65]
     with make_llm(path) as llm:
-        with pytest.raises(VLLMValidationError, match="logprobs"):
-            llm.generate(_tokens_prompts([prompt]), SamplingParams(max_tokens=4, logprobs=2))
+        refused = SamplingParams(max_tokens=4, logprob_token_ids=[5, 6])
+        with pytest.raises(VLLMValidationError, match="logprob_token_ids"):
+            llm.generate(_tokens_prompts([prompt]), refused)
         out = llm.generate(_tokens_prompts([prompt]), GREEDY)
     assert [list(out[0].outputs[0].token_ids)] == hf_greedy(path, [prompt], GREEDY.max_tokens)
 

@@ -26,15 +26,22 @@ from vllm.v1.sample.logits_processor.interface import BatchUpdate
 from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 from vllm.v1.sample.sampler import _SAMPLING_EPS, Sampler
 
-from vllm_xla_gpu.sample.metadata import SAMPLING_EPS, SamplingInputs, SamplingMetadata
+from vllm_xla_gpu.sample.metadata import (
+    MAX_LOGIT_BIAS,
+    SAMPLING_EPS,
+    SamplingInputs,
+    SamplingMetadata,
+    TokenHistory,
+)
 from vllm_xla_gpu.sample.sampler import filter_logits, sample
+from vllm_xla_gpu.sample.token_masks import num_mask_words
 
 VOCAB_SIZE = 8192
 NUM_REQS = 8
 # XLA may divide by the temperature as a multiply by its reciprocal: kept logits can differ from
 # torch's quotient by an ulp (each is correctly rounded from a slightly different product).
 KEPT_LOGITS_RTOL = 2 * np.finfo(np.float32).eps
-sample_jit = jax.jit(sample)
+sample_jit = jax.jit(lambda logits, md: sample(logits, md).sampled_token_ids)
 filter_logits_jit = jax.jit(filter_logits)
 
 
@@ -42,13 +49,36 @@ filter_logits_jit = jax.jit(filter_logits)
 
 
 def make_metadata(
-    temperature, top_k=0, top_p=1.0, min_p=0.0, seeds=0, step=0, num_reqs=NUM_REQS
+    temperature,
+    top_k=0,
+    top_p=1.0,
+    min_p=0.0,
+    seeds=0,
+    step=0,
+    num_reqs=NUM_REQS,
+    vocab_size=VOCAB_SIZE,
+    **processors,
 ) -> SamplingMetadata:
-    """Numpy metadata with each field given per row or as one value for every row."""
+    """Numpy metadata with each field given per row or as one value for every row; the logits
+    processors' fields (``processors``) default to off."""
 
     def column(value, dtype):
         return np.broadcast_to(np.asarray(value, dtype), (num_reqs,)).copy()
 
+    words = num_mask_words(vocab_size)
+    fields = dict(
+        presence_penalty=column(0.0, np.float32),
+        frequency_penalty=column(0.0, np.float32),
+        repetition_penalty=column(1.0, np.float32),
+        token_ids=np.zeros((num_reqs, 1), np.int32),
+        num_prompt_tokens=column(0, np.int32),
+        logit_bias_ids=np.full((num_reqs, MAX_LOGIT_BIAS), vocab_size, np.int32),
+        logit_bias_values=np.zeros((num_reqs, MAX_LOGIT_BIAS), np.float32),
+        token_mask=np.full((num_reqs, words), -1, np.int32),
+        grammar_bitmask=np.full((num_reqs, words), -1, np.int32),
+        num_logprobs=column(-1, np.int32),
+    )
+    fields.update(processors)
     return SamplingMetadata(
         temperature=column(temperature, np.float32),
         top_k=column(top_k, np.int32),
@@ -56,6 +86,7 @@ def make_metadata(
         min_p=column(min_p, np.float32),
         seeds=column(seeds, np.uint32),
         step=column(step, np.int32),
+        **fields,
     )
 
 
@@ -108,13 +139,16 @@ def test_sampling_eps_is_vllms():
 
 
 def test_sampling_inputs_gather_rows_and_pad_greedy():
-    inputs = SamplingInputs(max_num_reqs=6)
+    inputs = SamplingInputs(max_num_reqs=6, vocab_size=64, max_model_len=16)
     inputs.set_request(4, SamplingParams(temperature=0.7, top_k=-1, top_p=0.9, min_p=0.1), 2**40)
     inputs.set_request(1, SamplingParams(temperature=0.0, top_k=20), seed=7)
     inputs.set_request(2, SamplingParams(temperature=1.0, top_k=20), seed=8)
     inputs.clear(2)
 
-    md = inputs.to_metadata(np.array([4, 1], np.int32), np.array([3, 0], np.int32), 4)
+    num_prompt_tokens = np.full(6, 5, np.int32)
+    history = TokenHistory(np.zeros((6, 16), np.int32), num_prompt_tokens, num_prompt_tokens + 3)
+    history.num_tokens[1] = 5
+    md = inputs.to_metadata(np.array([4, 1], np.int32), history, 4)
 
     np.testing.assert_allclose(md.temperature, [0.7, 0.0, 0.0, 0.0])
     np.testing.assert_array_equal(md.top_k, [0, 0, 0, 0])  # -1 is off; greedy resets top_k
@@ -124,7 +158,7 @@ def test_sampling_inputs_gather_rows_and_pad_greedy():
     np.testing.assert_array_equal(md.step, [3, 0, 0, 0])
     assert inputs.temperature[2] == 0.0 and inputs.top_k[2] == 0  # cleared to greedy
     with pytest.raises(ValueError, match="do not fit"):
-        inputs.to_metadata(np.arange(5, dtype=np.int32), np.zeros(5, np.int32), 4)
+        inputs.to_metadata(np.arange(5, dtype=np.int32), history, 4)
 
 
 # ---- filters against vLLM -----------------------------------------------------------------

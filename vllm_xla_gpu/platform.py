@@ -138,17 +138,19 @@ class XlaGpuPlatform(Platform):
 
 
 def _unsupported_sampling_options(params: SamplingParams) -> list[str]:
+    from vllm_xla_gpu.sample.metadata import MAX_LOGIT_BIAS, MAX_LOGPROBS
+
+    def too_many_logprobs(n: int | None) -> bool:
+        # -1 asks for the whole vocabulary; the sampler computes the top MAX_LOGPROBS.
+        return n is not None and (n < 0 or n > MAX_LOGPROBS)
+
     checks = {
-        "presence_penalty": params.presence_penalty != 0.0,
-        "frequency_penalty": params.frequency_penalty != 0.0,
-        "repetition_penalty": params.repetition_penalty != 1.0,
-        "logit_bias": bool(params.logit_bias),
-        "allowed_token_ids": bool(params.allowed_token_ids),
-        "bad_words": bool(params.bad_words),
-        "min_tokens": params.min_tokens > 0,
-        "logprobs": params.logprobs is not None,
-        "prompt_logprobs": params.prompt_logprobs is not None,
-        "structured_outputs": params.structured_outputs is not None,
+        f"logprobs above {MAX_LOGPROBS}": too_many_logprobs(params.logprobs),
+        f"prompt_logprobs above {MAX_LOGPROBS}": too_many_logprobs(params.prompt_logprobs),
+        f"logit_bias with more than {MAX_LOGIT_BIAS} entries": len(params.logit_bias or ())
+        > MAX_LOGIT_BIAS,
+        "logprob_token_ids": getattr(params, "logprob_token_ids", None) is not None,
+        "prompt_logprob_token_ids": getattr(params, "prompt_logprob_token_ids", None) is not None,
         "logits_processors": bool(getattr(params, "logits_processors", None)),
     }
     return [name for name, used in checks.items() if used]

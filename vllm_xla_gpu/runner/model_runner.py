@@ -6,11 +6,14 @@ Per step (DESIGN.md §4)::
                     -> prepare_step_inputs (pad to a token bucket) -> one jax.device_put
                     -> model_step(params, kv_caches[donated], inputs)   # vLLM's model via torchax
                     -> sample_step(params, hidden, sampling_metadata)   # logits + sampler
-                    -> tokens to host -> ModelRunnerOutput
+                    -> tokens (and logprobs) to host -> ModelRunnerOutput
 
-Two jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
+Three jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
 ``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
-not depend on the request count) and ``sample_step`` per *request* bucket. The runner owns the
+not depend on the request count), ``sample_step`` per *request* bucket (every sampling option,
+structured output and logprobs are data of fixed shapes: ``sample/metadata.py``), and
+``prompt_logprobs_step`` per token bucket, run only in steps where a request wants prompt
+logprobs. The runner owns the
 model parameters, the per-layer KV caches (donated through every step), the persistent batch and
 the compile guard that proves serving compiles nothing.
 """
@@ -35,7 +38,7 @@ from vllm.model_executor.model_loader import get_model
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig, KVCacheSpec
-from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, LogprobsTensors, ModelRunnerOutput
 
 from vllm_xla_gpu.attention.backend import XlaGpuAttentionMetadata
 from vllm_xla_gpu.config import XlaGpuConfig
@@ -46,8 +49,11 @@ from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
-from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata
-from vllm_xla_gpu.sample.sampler import sample
+from vllm_xla_gpu.sample.logprobs import TopLogprobs, to_logprobs_lists
+from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
+from vllm_xla_gpu.sample.prompt_logprobs import PromptLogprobsState, prompt_top_logprobs
+from vllm_xla_gpu.sample.sampler import SamplerOutput, sample
+from vllm_xla_gpu.sample.token_masks import ordered_grammar_bitmask
 
 logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
@@ -62,6 +68,7 @@ class _PendingStep:
     rows: np.ndarray  # i32[num_reqs]
     num_scheduled: np.ndarray  # i32[num_reqs]
     hidden: jax.Array  # [max_num_seqs, hidden_size] hidden state at each request's last token
+    hidden_all: jax.Array  # [num_tokens_padded, hidden_size] every token's (prompt logprobs)
 
 
 class XlaGpuModelRunner:
@@ -88,6 +95,10 @@ class XlaGpuModelRunner:
         self.compile_guard = CompileGuard()
         self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,))
         self._sample_step = jax.jit(self._sample_step_fn)
+        self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
+        self.prompt_logprobs = PromptLogprobsState()
+        self.vocab_size = vllm_config.model_config.get_vocab_size()
+        self._hidden_all_templates: dict[int, jax.Array] = {}
         self._pending: _PendingStep | None = None
         self._seed_rng = np.random.default_rng(vllm_config.model_config.seed)
 
@@ -134,7 +145,7 @@ class XlaGpuModelRunner:
         self.batch = InputBatch(
             self.max_num_reqs, self.config.max_model_len, self.max_blocks_per_req
         )
-        self.sampling_inputs = SamplingInputs(self.max_num_reqs)
+        self.sampling_inputs = self._new_sampling_inputs()
         logger.info(
             "KV cache: %d layers x %s (%.2f GiB)",
             len(self.kv_caches),
@@ -160,9 +171,7 @@ class XlaGpuModelRunner:
         inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
         model_step = self._model_step.lower(self.params, kv, inputs)
         hidden = model_step.out_info[0]
-        md = SamplingInputs(self.max_num_reqs).to_metadata(
-            np.zeros(0, np.int32), np.zeros(0, np.int32), self.request_buckets[-1]
-        )
+        md = _idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(self.params, hidden, md)
         return sum(_scratch(lowered) for lowered in (model_step, sample_step))
 
@@ -173,8 +182,14 @@ class XlaGpuModelRunner:
         if self.config.precompile:
             shapes = [("tokens", n) for n in self.token_buckets]
             shapes += [("requests", n) for n in self.request_buckets]
+            shapes += [("prompt_logprobs", n) for n in self.token_buckets]
+            warm_up = {
+                "tokens": self._warm_up_tokens,
+                "requests": self._warm_up_requests,
+                "prompt_logprobs": self._warm_up_prompt_logprobs,
+            }
             for kind, n in tqdm(shapes, desc="Compiling XLA buckets", unit="program"):
-                self._warm_up_tokens(n) if kind == "tokens" else self._warm_up_requests(n)
+                warm_up[kind](n)
         self.compile_guard.mark_warmed_up()
         self.compile_seconds = time.perf_counter() - start
         logger.info(
@@ -189,19 +204,23 @@ class XlaGpuModelRunner:
 
     def _warm_up_tokens(self, num_tokens: int) -> None:
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
-        hidden, self.kv_caches = self._model_step(
+        hidden, self.kv_caches, hidden_all = self._model_step(
             self.params, self.kv_caches, jax.device_put(inputs, self.device)
         )
         jax.block_until_ready(hidden)
         self._hidden_template = hidden
+        self._hidden_all_templates[num_tokens] = hidden_all
 
     def _warm_up_requests(self, num_reqs: int) -> None:
-        md = self.sampling_inputs.to_metadata(
-            np.zeros(0, np.int32), np.zeros(0, np.int32), num_reqs
-        )
+        md = _idle_metadata(self.sampling_inputs, num_reqs)
         jax.block_until_ready(
             self._sample_step(self.params, self._hidden_template, jax.device_put(md, self.device))
         )
+
+    def _warm_up_prompt_logprobs(self, num_tokens: int) -> None:
+        hidden_all = self._hidden_all_templates.pop(num_tokens)
+        targets = jax.device_put(np.zeros(num_tokens, np.int32), self.device)
+        jax.block_until_ready(self._prompt_logprobs_step(self.params, hidden_all, targets))
 
     # ---- per step -------------------------------------------------------------------------
 
@@ -217,29 +236,56 @@ class XlaGpuModelRunner:
         )
         num_tokens = pad_to_bucket(int(num_scheduled.sum()), self.token_buckets)
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
-        hidden, self.kv_caches = self._model_step(
+        hidden, self.kv_caches, hidden_all = self._model_step(
             self.params, self.kv_caches, jax.device_put(inputs, self.device)
         )
-        self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden)
+        self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden, hidden_all)
         return None
 
     def sample_tokens(self, grammar_output: GrammarOutput | None) -> ModelRunnerOutput:
-        """Sample one token per request that finished its prompt; build vLLM's output."""
-        if grammar_output is not None:
-            raise NotImplementedError("Structured output is not supported by the XLA backend yet.")
+        """Sample one token per request that finished its prompt (under the grammar bitmask
+        of structured-output requests); build vLLM's output with the logprobs asked for."""
         step, self._pending = self._pending, None
         num_reqs = len(step.req_ids)
-        steps = self.batch.num_tokens[step.rows] - self.batch.num_prompt_tokens[step.rows]
-        md = self.sampling_inputs.to_metadata(
-            step.rows, steps, pad_to_bucket(num_reqs, self.request_buckets)
+        history = TokenHistory(
+            self.batch.token_ids, self.batch.num_prompt_tokens, self.batch.num_tokens
         )
-        tokens = self._sample_step(self.params, step.hidden, jax.device_put(md, self.device))
-        sampled = self._record_sampled(step, np.asarray(tokens)[:num_reqs])
+        bitmask = ordered_grammar_bitmask(grammar_output, step.req_ids, self.vocab_size)
+        md = self.sampling_inputs.to_metadata(
+            step.rows, history, pad_to_bucket(num_reqs, self.request_buckets), bitmask
+        )
+        out: SamplerOutput = self._sample_step(
+            self.params, step.hidden, jax.device_put(md, self.device)
+        )
+        prompt_logprobs = self._prompt_logprobs(step)
+        sampled = self._record_sampled(step, np.asarray(out.sampled_token_ids)[:num_reqs])
+        num_logprobs = self.sampling_inputs.num_logprobs[step.rows]
         return ModelRunnerOutput(
             req_ids=step.req_ids,
             req_id_to_index={r: i for i, r in enumerate(step.req_ids)},
             sampled_token_ids=sampled,
+            logprobs=to_logprobs_lists(out.logprobs, num_logprobs),
+            prompt_logprobs_dict=prompt_logprobs,
         )
+
+    def _prompt_logprobs(self, step: _PendingStep) -> dict[str, LogprobsTensors | None]:
+        """Prompt logprobs of this step's prefill chunks; the buffers of finished prompts."""
+        if not self.prompt_logprobs.requests:
+            return {}
+        query_start = np.cumsum(step.num_scheduled) - step.num_scheduled
+        prompt_lens = [len(self.requests[r].prompt_token_ids) for r in step.req_ids]
+        computed = self.batch.num_computed_tokens[step.rows]
+        chunks = self.prompt_logprobs.plan(
+            step.req_ids, query_start, step.num_scheduled, computed, prompt_lens
+        )
+        if not chunks:
+            return {}
+        prompts = [self.requests[c.req_id].prompt_token_ids for c in chunks]
+        targets = self.prompt_logprobs.targets(chunks, prompts, step.hidden_all.shape[0])
+        top = self._prompt_logprobs_step(
+            self.params, step.hidden_all, jax.device_put(targets, self.device)
+        )
+        return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
     def _record_sampled(self, step: _PendingStep, tokens: np.ndarray) -> list[list[int]]:
         """Append sampled tokens; requests still prefilling their prompt get ``[]``."""
@@ -261,9 +307,10 @@ class XlaGpuModelRunner:
 
     def _model_step_fn(
         self, params: dict, kv_caches: dict[str, jax.Array], inputs: StepInputs
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
         """vLLM's model over the padded tokens; returns hidden states at each request's last
-        token (``[max_num_seqs, hidden]``) and the updated KV caches."""
+        token (``[max_num_seqs, hidden]``), the updated KV caches, and the hidden states of
+        every token (read only for prompt logprobs)."""
         ctx = XlaGpuAttentionMetadata(inputs.attn, dict(kv_caches), self.attention_impl)
         num_tokens = inputs.input_ids.shape[0]
         with (
@@ -272,14 +319,27 @@ class XlaGpuModelRunner:
             set_forward_context(ctx, self.vllm_config, num_tokens=num_tokens, slot_mapping={}),
         ):
             hidden = self.jax_model.call(params, "forward", inputs.input_ids, inputs.positions)
-        return hidden[inputs.logits_indices], ctx.kv_caches
+        return hidden[inputs.logits_indices], ctx.kv_caches, hidden
 
-    def _sample_step_fn(self, params: dict, hidden: jax.Array, md: SamplingMetadata) -> jax.Array:
+    def _sample_step_fn(
+        self, params: dict, hidden: jax.Array, md: SamplingMetadata
+    ) -> SamplerOutput:
         """Logits of the first ``num_reqs`` rows (the request bucket), then the sampler."""
         num_reqs = md.temperature.shape[0]
+        return sample(self._compute_logits(params, hidden[:num_reqs]), md)
+
+    def _prompt_logprobs_fn(
+        self, params: dict, hidden_all: jax.Array, targets: jax.Array
+    ) -> TopLogprobs:
+        """Logprobs of each next prompt token (and the top tokens) at every token position."""
+        return prompt_top_logprobs(
+            lambda hidden: self._compute_logits(params, hidden), hidden_all, targets
+        )
+
+    def _compute_logits(self, params: dict, hidden: jax.Array) -> jax.Array:
         with torchax.default_env(), set_current_vllm_config(self.vllm_config):
-            logits = self.jax_model.call(params, "compute_logits", hidden[:num_reqs])
-        return sample(logits.astype(jnp.float32), md)
+            logits = self.jax_model.call(params, "compute_logits", hidden)
+        return logits.astype(jnp.float32)
 
     # ---- persistent batch updates ----------------------------------------------------------
 
@@ -287,6 +347,7 @@ class XlaGpuModelRunner:
         """Apply the scheduler's diff to the requests and the persistent batch."""
         for req_id in so.finished_req_ids:
             self.requests.pop(req_id, None)
+            self.prompt_logprobs.remove_request(req_id)
             self.batch.remove_request(req_id)
         resumed = so.scheduled_cached_reqs.resumed_req_ids
         for req_id in list(self.batch.req_id_to_row):
@@ -310,7 +371,13 @@ class XlaGpuModelRunner:
             seed=seed,
         )
         self.requests[new.req_id] = state
+        self.prompt_logprobs.add_request(new.req_id, params.prompt_logprobs)
         self._add_to_batch(state)
+
+    def _new_sampling_inputs(self) -> SamplingInputs:
+        return SamplingInputs(
+            self.max_num_reqs, self.vocab_size, self.config.max_model_len, self.device
+        )
 
     def _add_to_batch(self, state: RequestState) -> None:
         row = self.batch.add_request(state)
@@ -334,6 +401,13 @@ class XlaGpuModelRunner:
             self.batch.num_tokens[row] = state.num_tokens
             if new_blocks is not None:
                 self.batch.append_blocks(row, new_blocks[0])
+
+
+def _idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
+    """Sampling metadata of a step without requests (warm-up and memory analysis)."""
+    empty = np.zeros(0, np.int32)
+    history = TokenHistory(np.zeros((0, inputs.max_model_len), np.int32), empty, empty)
+    return inputs.to_metadata(empty, history, num_reqs_padded)
 
 
 def _kv_cache_shape(spec: AttentionSpec, num_blocks: int) -> tuple[int, ...]:

@@ -2,19 +2,24 @@
 
 Last stage of a step: the runner computes the logits at each request's last token, pads them to
 the request bucket, and calls :func:`sample` inside its jitted ``sample_step``. The order and the
-formulas are those of vLLM's ``Sampler.sample`` (``vllm/v1/sample/sampler.py``):
+formulas are those of vLLM's ``Sampler.forward`` (``vllm/v1/sample/sampler.py``), with the
+structured-output bitmask first, as vLLM's GPU runner applies it before its sampler:
 
-1. greedy rows (temperature < ``SAMPLING_EPS``) take the argmax of the raw logits;
-2. the others divide by their temperature,
-3. drop tokens below ``min_p`` times the most likely one (``MinPLogitsProcessor``),
-4. apply top-k, then top-p (``apply_top_k_top_p_pytorch`` in ``ops/topk_topp_sampler.py``),
-5. and draw by the exponential race: ``argmax(probs / q)`` with ``q ~ Exp(1)`` per token
-   (``random_sample``); ``q`` comes from a key of the request's seed and step.
+0. the grammar bitmask (``sample/logits_processors.py``); raw logprobs are taken here;
+1. the processors that can change the argmax: allowed tokens, bad words, min-tokens, logit bias,
+   penalties (``sample/logits_processors.py``);
+2. greedy rows (temperature < ``SAMPLING_EPS``) take the argmax of the processed logits;
+3. the others divide by their temperature,
+4. drop tokens below ``min_p`` times the most likely one (``MinPLogitsProcessor``),
+5. apply top-k, then top-p (``apply_top_k_top_p_pytorch`` in ``ops/topk_topp_sampler.py``),
+6. and draw by the exponential race: ``argmax(probs / q)`` with ``q ~ Exp(1)`` per token
+   (``random_sample``); ``q`` comes from a key of the request's seed and step;
+7. the chosen token's logprob and rank and the top-20 logprobs (``sample/logprobs.py``).
 
 Every option is array data (an "off" value disables a filter), so there is one compiled program
 per request bucket whatever the requests ask for. Work that no row of the step needs is skipped
 with ``lax.cond`` on that data: the random path when every row is greedy, top-k/top-p when no row
-uses them. The module owns no state.
+uses them, masks, penalties and logprobs when no row asks for them. The module owns no state.
 
 Top-k and top-p without sorting the vocabulary. Both keep every logit at or above a per-row
 threshold, which vLLM finds by sorting the whole row. On an H100, XLA sorts a ``[256, 128k]`` block
@@ -33,9 +38,13 @@ whole (vLLM's sort may split it) and the top-p sums are rounded in a different o
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
+from vllm_xla_gpu.sample.logits_processors import apply_logits_processors, apply_token_bitmask
+from vllm_xla_gpu.sample.logprobs import TopLogprobs, top_logprobs_if
 from vllm_xla_gpu.sample.metadata import SAMPLING_EPS, SamplingMetadata
 
 # Top-k/top-p candidates: groups of this many logits, and how many groups (by largest member) to
@@ -44,20 +53,36 @@ _GROUP_SIZE = 32
 _NUM_CANDIDATE_GROUPS = 128
 
 
+class SamplerOutput(NamedTuple):
+    """What :func:`sample` returns for the request bucket."""
+
+    sampled_token_ids: jax.Array  # i32[num_reqs]
+    logprobs: TopLogprobs  # raw logprobs of the sampled and top tokens (zeros when unused)
+
+
 def sample(
     logits: jax.Array,  # f32[num_reqs, vocab_size]
     md: SamplingMetadata,
-) -> jax.Array:  # i32[num_reqs]
-    """Sample one token per row.
+) -> SamplerOutput:
+    """Sample one token per row, and the logprobs the rows ask for.
 
     Args:
         logits: logits at each request's last token (padding rows included).
         md: the rows' sampling parameters.
 
     Returns:
-        The sampled token id of every row.
+        The sampled token id of every row and its logprobs.
     """
-    logits = logits.astype(jnp.float32)
+    logits = apply_token_bitmask(logits.astype(jnp.float32), md.grammar_bitmask)
+    sampled = sample_processed(apply_logits_processors(logits, md), md)
+    return SamplerOutput(sampled, top_logprobs_if(jnp.any(md.num_logprobs >= 0), logits, sampled))
+
+
+def sample_processed(
+    logits: jax.Array,  # f32[num_reqs, vocab_size]
+    md: SamplingMetadata,
+) -> jax.Array:  # i32[num_reqs]
+    """Greedy or random choice from the processed logits (vLLM's ``Sampler.sample``)."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     is_greedy = md.temperature < SAMPLING_EPS
     random = jax.lax.cond(jnp.all(is_greedy), lambda: greedy, lambda: _sample_random(logits, md))
