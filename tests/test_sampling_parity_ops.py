@@ -200,3 +200,29 @@ def test_grammar_bitmask_and_logprobs_match_numpy():
         np.testing.assert_array_equal(out.logprobs.token_ids[row, 1:], top)
         expected = np.concatenate([[reference[row, chosen]], reference[row, top]])
         np.testing.assert_allclose(out.logprobs.logprobs[row], expected, atol=LOGPROB_ATOL)
+
+
+@pytest.mark.parametrize("grammar_allows_more", [True, False], ids=["stops_masked", "restored"])
+def test_min_tokens_under_grammar_restores_stops_only_when_nothing_is_left(grammar_allows_more):
+    """vLLM's ``MinTokensLogitsProcessor`` for structured-output requests: stop tokens are
+    masked, unless that would leave the row without any token."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    params = with_eos(
+        SamplingParams(
+            temperature=0,
+            min_tokens=5,
+            structured_outputs=StructuredOutputsParams(regex="a+"),
+        )
+    )
+    inputs = SamplingInputs(NUM_ROWS, VOCAB_SIZE, MAX_MODEL_LEN)
+    inputs.set_request(0, params, seed=0)
+    grammar = allowed_mask([EOS, 40] if grammar_allows_more else [EOS], VOCAB_SIZE)[None]
+    logits = np.zeros((1, VOCAB_SIZE), np.float32)
+    logits[0, EOS] = 10.0  # eos is the grammar's favourite
+    history = make_history(np.random.default_rng(2), [4], [1])
+    md = inputs.to_metadata(np.zeros(1, np.int32), history, 1, grammar)
+
+    token = int(sample_jit(logits, md).sampled_token_ids[0])
+
+    assert token == (40 if grammar_allows_more else EOS)
