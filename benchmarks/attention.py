@@ -53,6 +53,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--reference-repeats", type=int, default=3, help="the reference is slow")
+    p.add_argument(
+        "--prefill-configs",
+        nargs="*",
+        default=[],
+        metavar="M,N,WARPS,STAGES",
+        help="also time the Triton prefill with these block_m,block_n,num_warps,num_stages",
+    )
     p.add_argument("--json", help="write results here")
     return p.parse_args()
 
@@ -69,16 +76,17 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def copy_bandwidth(repeats: int, elems: int = 1 << 30) -> float:
-    """Bytes read plus written per second by an elementwise pass over ``elems`` bf16 (2 GiB)."""
-    x = jnp.zeros((elems,), jnp.bfloat16)
+    """Bytes read plus written per second by elementwise passes over ``elems`` float32 (4 GiB),
+    ``CALLS_PER_ROUND`` back to back per timed round."""
     add = jax.jit(lambda x: x + 1, donate_argnums=0)
-    state = {"x": x}
+    state = {"x": jnp.zeros((elems,), jnp.float32)}
 
     def run(_):
-        state["x"] = add(state["x"])
+        for _ in range(CALLS_PER_ROUND):
+            state["x"] = add(state["x"])
         return state["x"]
 
-    return 2 * x.nbytes / median_seconds(run, repeats)
+    return 2 * state["x"].nbytes * CALLS_PER_ROUND / median_seconds(run, repeats)
 
 
 def matmul_rate(repeats: int, n: int = 8192) -> float:
@@ -128,11 +136,13 @@ class Workload:
             for c, q in zip(contexts, q_lens, strict=True)
         )
 
-    def seconds(self, impl: str, repeats: int) -> float:
+    def seconds(self, impl: str, repeats: int, **options) -> float:
         """Median time of one op call (write + attention) with fresh q/k/v each call."""
         fn = get_ragged_paged_attention(impl, jax.default_backend())
         step = jax.jit(
-            functools.partial(fn, sm_scale=HEAD_DIM**-0.5), donate_argnums=(3,), keep_unused=True
+            functools.partial(fn, sm_scale=HEAD_DIM**-0.5, **options),
+            donate_argnums=(3,),
+            keep_unused=True,
         )
         t = self.num_tokens
         inputs = []
@@ -198,6 +208,23 @@ def main() -> None:
             )
         )
         print_row(rows[-2])
+        print_row(rows[-1])
+    for spec in args.prefill_configs:
+        from vllm_xla_gpu.ops.ragged_paged_attention.triton_gpu import KernelConfig
+
+        m, n, warps, stages = map(int, spec.split(","))
+        cfg = KernelConfig(m // (NUM_Q_HEADS // NUM_KV_HEADS), m, n, warps, stages)
+        t = prefill.seconds("triton", args.repeats, config=cfg)
+        rows.append(
+            dict(
+                impl=f"triton {spec}",
+                workload=f"prefill {args.prefill_len} tokens",
+                ms=t * 1e3,
+                achieved=prefill.causal_flops / t,
+                share=prefill.causal_flops / t / limits["bf16_matmul_flops"],
+                unit="FLOP/s",
+            )
+        )
         print_row(rows[-1])
     sweep = []
     for impl in args.impls:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything one GPU-machine session checks and measures (logs under $OUT); STAGES picks a subset
-# (default: all four, in this order), since one command may run 10 minutes at most:
-#   tests      the Triton kernel and torch-op tests, then the token-exact greedy tests on the GPU
-#              (float32, full-precision dots), with the default (kernel) attention;
+# (default: all five, in this order), since one command may run 10 minutes at most:
+#   kernel     the Triton kernel and torch-op tests on the GPU;
+#   tests      the token-exact greedy tests on the GPU (float32, full-precision dots), with the
+#              default (kernel) attention;
 #   main       the main job's code path: SmolLM2's architecture and real tokenizer, random weights
 #              (the GPU machine has no network, and the real weights are too large to carry);
 #   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
@@ -24,13 +25,17 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 -
 import jax, jax.numpy as jnp; d = jax.devices()[0]; print('memory_stats at start', d.memory_stats())
 x = jnp.ones((1 << 28,), jnp.float32).block_until_ready(); print('after 1 GiB', d.memory_stats())" | tee "$out/memory_stats.txt"
 step() { printf '\n===== %s =====\n' "$*"; }
-stages=" ${STAGES:-tests main attention decode} "
-if [[ $stages == *" tests "* ]]; then
-step "tests: kernel and torch op, then greedy token-exact on the GPU"
-JAX_PLATFORMS=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider \
+stages=" ${STAGES:-kernel tests main attention decode} "
+if [[ $stages == *" kernel "* ]]; then
+step "kernel: Triton kernel and torch op tests on the GPU"
+JAX_PLATFORMS=cuda timeout 300 python3 -P -m pytest -q -p no:cacheprovider \
   tests/test_ragged_paged_attention_triton.py tests/test_torch_op.py > "$out/kernel_tests.log" 2>&1
 echo "kernel pytest exit $?"; grep -E "passed|failed|error" "$out/kernel_tests.log" | tail -3
-JAX_PLATFORMS=cuda timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider tests/test_generate_matches_hf.py \
+fi
+
+if [[ $stages == *" tests "* ]]; then
+step "tests: greedy token-exact on the GPU"
+JAX_PLATFORMS=cuda timeout ${TESTS_TIMEOUT:-300} python3 -P -m pytest -q -p no:cacheprovider tests/test_generate_matches_hf.py \
   tests/test_engine_behaviour.py ${PYTEST_K:+-k "$PYTEST_K"} > "$out/gpu_tests.log" 2>&1
 echo "pytest exit $?"; grep -E "passed|failed|error" "$out/gpu_tests.log" | tail -3
 fi

@@ -8,6 +8,10 @@ import os
 # tests can reach the runner through collective_rpc and one process owns the device.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# Without a GPU, Triton kernels can only run in Triton's interpreter, and only if it is on
+# before Triton is first imported (its standard library is built at import).
+if os.environ["JAX_PLATFORMS"] == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -2,8 +2,8 @@
 
 Two halves, one per machine:
 
-* **XLA:CPU (CI)**: the kernel runs in Triton's interpreter on torch CPU tensors (a private copy
-  of ``triton_gpu.py`` imported with ``TRITON_INTERPRET=1``), on the same paged steps as the
+* **XLA:CPU (CI)**: the kernel runs in Triton's interpreter on torch CPU tensors (``conftest.py``
+  sets ``TRITON_INTERPRET=1`` there, before Triton is imported), on the same paged steps as the
   reference's tests (``test_ragged_paged_attention.make_step``: pages in random order, NaN in
   every unused row, padding tokens and requests), with the block sizes the host picks and with
   small blocks that split requests into many q tiles and KV chunks.
@@ -21,10 +21,7 @@ the CPU the 16-bit path is checked in float16 (1e-2) and bfloat16 on the GPU onl
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,32 +30,23 @@ import pytest
 import torch
 from test_ragged_paged_attention import CASES, HEADS, Step, expected_output, make_step
 
-from vllm_xla_gpu.ops.ragged_paged_attention import reference
+from vllm_xla_gpu.ops.ragged_paged_attention import reference, triton_gpu
 
 ATOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2, jnp.float16: 1e-2}
 RTOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2, jnp.float16: 1e-2}
 ON_GPU = jax.default_backend() == "gpu"
-KERNEL_FILE = (
-    Path(__file__).parents[1] / "vllm_xla_gpu" / "ops" / "ragged_paged_attention" / "triton_gpu.py"
-)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def interpreted():
-    """``triton_gpu.py`` imported afresh with Triton's interpreter on (kept on while in use)."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    name = "_triton_gpu_interpreted"
-    spec = importlib.util.spec_from_file_location(name, KERNEL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[name]
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+    """``triton_gpu``, whose kernel runs in Triton's interpreter in this session (CPU only).
+
+    ``conftest.py`` turns the interpreter on when JAX runs on the CPU; a GPU runs the
+    compiled kernel instead (tests at the end of this file).
+    """
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton's interpreter is off: the compiled kernel is tested on the GPU")
+    return triton_gpu
 
 
 def small_config(module, group: int):
@@ -169,8 +157,6 @@ GPU_CASES = [
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_gpu_kernel_matches_dense(case, dtype) -> None:
-    from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
-
     name, num_q_heads, num_kv_heads, head_dim, block_size = case
     step = make_step(
         GPU_STEPS[name],
@@ -197,8 +183,6 @@ def test_gpu_kernel_matches_dense(case, dtype) -> None:
 @pytest.mark.skipif(not ON_GPU, reason="the Triton kernel compiles for NVIDIA GPUs only")
 @pytest.mark.parametrize("options", [{"sliding_window": 100}, {"soft_cap": 30.0}])
 def test_gpu_kernel_options_match_reference(options) -> None:
-    from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
-
     step = make_step(GPU_STEPS["mixed"], 32, 8, head_dim=128, block_size=16, seed=8)
     args = (*(jnp.asarray(x) for x in (step.q, step.k, step.v, step.kv_cache)), step.md)
     sm_scale = 128**-0.5

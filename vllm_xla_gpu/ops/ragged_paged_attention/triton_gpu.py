@@ -78,11 +78,13 @@ def ragged_paged_attention(
     sm_scale: float,
     sliding_window: int | None = None,
     soft_cap: float | None = None,
+    config: KernelConfig | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Write this step's K/V into the paged cache, then attend with the Triton kernel.
 
     Arguments, results and errors are those of
-    :func:`vllm_xla_gpu.ops.ragged_paged_attention.reference.ragged_paged_attention`.
+    :func:`vllm_xla_gpu.ops.ragged_paged_attention.reference.ragged_paged_attention`, plus
+    ``config`` to override :func:`kernel_config`'s block sizes (benchmarks tune with it).
     """
     import jax_triton  # GPU-only dependency (the ``cuda`` extra): imported when first traced
 
@@ -94,7 +96,7 @@ def ragged_paged_attention(
         return jnp.zeros_like(q), kv_cache
     _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
     num_reqs, max_blocks = md.block_tables.shape
-    cfg = kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
+    cfg = config or kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
     out = jax_triton.triton_call(
         q,
         kv_cache,
