@@ -184,7 +184,7 @@ def make_burst(
     """A deterministic request mix.
 
     A ``disconnect_fraction`` of the requests ask for :data:`DISCONNECT_MAX_TOKENS` tokens
-    (``ignore_eos``) and disconnect after 1-4 chunks. Of the rest, ~40% are greedy (one of the
+    (``ignore_eos``) and disconnect after 0-4 chunks. Of the rest, ~40% are greedy (one of the
     :data:`GREEDY_CASES`), ~10% greedy chat constrained to :data:`JSON_SCHEMA`, and the others
     sampled with 4 to ``max_tokens`` output tokens and varied temperature / top-p / top-k /
     seed / ``n`` / penalties / logprobs, a quarter of them chat.
@@ -199,7 +199,9 @@ def make_burst(
             spec = RequestSpec(
                 i, "completion", prompt, max_tokens=DISCONNECT_MAX_TOKENS, ignore_eos=True
             )
-            spec.disconnect_after = int(rng.integers(1, 5))
+            # 0: right after the response headers, mostly while the request still waits for a
+            # batch slot; 1-4: mid-stream, while it runs (or is preempted).
+            spec.disconnect_after = int(rng.integers(0, 5))
         elif draw < 0.4:
             case = int(rng.integers(len(GREEDY_CASES)))
             prompt, case_max_tokens, kind = GREEDY_CASES[case]
@@ -265,6 +267,9 @@ async def _consume_stream(
             result.outcome, result.error = "errored", f"HTTP {response.status_code}: {text[:300]}"
             return
         chunks = 0
+        if spec.disconnect_after == 0:
+            result.outcome = "disconnected"
+            return
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
                 continue
@@ -443,7 +448,7 @@ def run_load(
         model: the served model name.
         num_requests: size of the burst.
         concurrency: requests in flight at once (default: the whole burst).
-        disconnect_fraction: share of clients that close their stream after 1-4 chunks.
+        disconnect_fraction: share of clients that close their stream after 0-4 chunks.
         max_tokens: upper end of the sampled requests' output lengths.
         timeout_s: a request with no end of stream by then counts as lost.
         seed: seed of the request mix.
