@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything one GPU-machine session checks and measures (logs under $OUT); STAGES picks a subset
 # (default: all five, in this order), since one command may run 10 minutes at most:
+#   inplace    benchmarks/kv_inplace_check.py: no cache-sized copy in a step, per implementation;
 #   kernel     the Triton kernel and torch-op tests on the GPU;
 #   tests      the token-exact greedy tests on the GPU (float32, full-precision dots), with the
 #              default (kernel) attention;
@@ -25,12 +26,17 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 -
 import jax, jax.numpy as jnp; d = jax.devices()[0]; print('memory_stats at start', d.memory_stats())
 x = jnp.ones((1 << 28,), jnp.float32).block_until_ready(); print('after 1 GiB', d.memory_stats())" | tee "$out/memory_stats.txt"
 step() { printf '\n===== %s =====\n' "$*"; }
-stages=" ${STAGES:-kernel tests main attention decode} "
+stages=" ${STAGES:-inplace kernel tests main attention decode} "
+if [[ $stages == *" inplace "* ]]; then
+step "inplace: KV caches updated in place"
+timeout 120 python3 benchmarks/kv_inplace_check.py 2>&1 | grep -v "WARNING\|INFO" | tail -4
+fi
+
 if [[ $stages == *" kernel "* ]]; then
 step "kernel: Triton kernel and torch op tests on the GPU"
-JAX_PLATFORMS=cuda timeout 300 python3 -P -m pytest -q -p no:cacheprovider \
+JAX_PLATFORMS=cuda timeout ${KERNEL_TIMEOUT:-300} python3 -P -m pytest -q -p no:cacheprovider \
   tests/test_ragged_paged_attention_triton.py tests/test_torch_op.py > "$out/kernel_tests.log" 2>&1
-echo "kernel pytest exit $?"; grep -E "passed|failed|error" "$out/kernel_tests.log" | tail -3
+echo "kernel pytest exit $?"; grep -E "^FAILED|passed|failed" "$out/kernel_tests.log" | tail -8
 fi
 
 if [[ $stages == *" tests "* ]]; then

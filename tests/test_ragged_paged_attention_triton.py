@@ -129,6 +129,26 @@ def test_interpreted_head_dim_not_power_of_two(interpreted) -> None:
     )
 
 
+@pytest.mark.parametrize("case", CASES.keys())
+def test_interpreted_kv_write_is_exact(interpreted, case: str) -> None:
+    """The write kernel fills exactly the scheduled tokens' slots, skipping padding (slot -1)."""
+    step = make_step(case, 8, 2, head_dim=48, seed=9)  # a row of 96: padded to 128 lanes
+    num_tokens, num_kv_heads, head_dim = step.k.shape
+    _, num_blocks, block_size, _, _ = step.kv_cache.shape
+    cache = torch.tensor(step.kv_cache)
+    interpreted.write_kv_kernel[(num_tokens,)](
+        torch.tensor(step.k),
+        torch.tensor(step.v),
+        torch.tensor(step.md.slot_mapping),
+        cache,
+        cache,  # in and out are one buffer, as under input_output_aliases
+        ROW=num_kv_heads * head_dim,
+        ROW_PAD=128,
+        NUM_SLOTS=num_blocks * block_size,
+    )
+    np.testing.assert_array_equal(cache.numpy(), step.expected_kv_cache)  # NaN == NaN here
+
+
 # ---------------------------------------------------------------------------------------------
 # On the GPU: the jitted wrapper, at realistic sizes.
 
@@ -153,9 +173,16 @@ GPU_CASES = [
 ]
 
 
+# Every case in bfloat16 (what serving runs); the three step kinds in float32 too.
+GPU_PARAMS = [(c, jnp.bfloat16) for c in GPU_CASES] + [(c, jnp.float32) for c in GPU_CASES[:3]]
+
+
 @pytest.mark.skipif(not ON_GPU, reason="the Triton kernel compiles for NVIDIA GPUs only")
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize(
+    ("case", "dtype"),
+    GPU_PARAMS,
+    ids=[f"{'-'.join(map(str, c))}-{jnp.dtype(d).name}" for c, d in GPU_PARAMS],
+)
 def test_gpu_kernel_matches_dense(case, dtype) -> None:
     name, num_q_heads, num_kv_heads, head_dim, block_size = case
     step = make_step(

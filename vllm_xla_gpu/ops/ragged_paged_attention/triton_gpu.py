@@ -1,8 +1,10 @@
 """Ragged paged attention on NVIDIA GPUs: a Triton kernel called from JAX through ``jax-triton``.
 
 Same signature and semantics as ``reference.py`` (read its docstring first: KV layout, metadata,
-masking rules). The K/V write is the reference's XLA scatter (in place on the donated cache, a
-few kilobytes per token); the attention is one Triton launch that serves decode, prefill, chunked
+masking rules). Two launches per layer: :func:`write_kv_kernel` copies each token's K/V row into
+its slot, on the cache buffer itself (``input_output_aliases``: XLA hands the kernel the donated
+cache and treats the result as the same buffer, so no cache-sized copy can appear, which XLA's
+scatter on the GPU did not guarantee); then the attention kernel serves decode, prefill, chunked
 prefill and mixed batches alike.
 
 Work decomposition
@@ -90,10 +92,10 @@ def ragged_paged_attention(
 
     reference.check_inputs(q, k, v, kv_cache, md, sliding_window, soft_cap)
     md = jax.tree.map(jnp.asarray, md)
-    kv_cache = reference.write_kv_cache(k, v, kv_cache, md.slot_mapping)
     num_tokens, num_q_heads, head_dim = q.shape
     if num_tokens == 0:
         return jnp.zeros_like(q), kv_cache
+    kv_cache = write_kv_cache(k, v, kv_cache, md.slot_mapping)
     _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
     num_reqs, max_blocks = md.block_tables.shape
     cfg = config or kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
@@ -112,6 +114,56 @@ def ragged_paged_attention(
         **kernel_constants(q, kv_cache, md, cfg, sm_scale, sliding_window, soft_cap),
     )
     return out, kv_cache
+
+
+def write_kv_cache(
+    k: jax.Array,  # [num_tokens, num_kv_heads, head_dim]
+    v: jax.Array,  # [num_tokens, num_kv_heads, head_dim]
+    kv_cache: jax.Array,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+    slot_mapping: jax.Array,  # i32[num_tokens], -1 for padding tokens
+) -> jax.Array:
+    """The reference's ``write_kv_cache`` as a Triton launch that updates the cache in place."""
+    import jax_triton
+
+    _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
+    row = num_kv_heads * head_dim
+    return jax_triton.triton_call(
+        k.astype(kv_cache.dtype),
+        v.astype(kv_cache.dtype),
+        slot_mapping,
+        kv_cache,
+        kernel=write_kv_kernel,
+        out_shape=jax.ShapeDtypeStruct(kv_cache.shape, kv_cache.dtype),
+        grid=(k.shape[0],),
+        input_output_aliases={3: 0},  # the cache is updated where it lies
+        ROW=row,
+        ROW_PAD=triton.next_power_of_2(row),
+        NUM_SLOTS=num_blocks * block_size,
+    )
+
+
+@triton.jit
+def write_kv_kernel(
+    k_ptr,  # [num_tokens, ROW]
+    v_ptr,  # [num_tokens, ROW]
+    slot_ptr,  # i32[num_tokens]
+    kv_in_ptr,  # the cache; the same buffer as kv_ptr (aliased)
+    kv_ptr,  # [2, NUM_SLOTS, ROW]
+    ROW: tl.constexpr,  # num_kv_heads * head_dim
+    ROW_PAD: tl.constexpr,
+    NUM_SLOTS: tl.constexpr,
+):
+    """Token ``program_id`` copies its K and V rows to its slot; padding tokens (slot -1) don't."""
+    token = tl.program_id(0)
+    slot = tl.load(slot_ptr + token)
+    if slot < 0:
+        return
+    offs = tl.arange(0, ROW_PAD)
+    ok = offs < ROW
+    src = token.to(tl.int64) * ROW + offs
+    dst = slot.to(tl.int64) * ROW + offs
+    tl.store(kv_ptr + dst, tl.load(k_ptr + src, ok), ok)
+    tl.store(kv_ptr + NUM_SLOTS * ROW + dst, tl.load(v_ptr + src, ok), ok)
 
 
 def kernel_constants(
@@ -163,6 +215,69 @@ def _find_request(qsl_ptr, pid, NUM_REQS: tl.constexpr, SEARCH_STEPS: tl.constex
         lo = tl.where(right, mid, lo)
         hi = tl.where(right, hi, mid)
     return lo
+
+
+@triton.jit
+def _attend_chunk(
+    q,  # [BLOCK_M, HEAD_DIM_PAD]
+    acc,  # f32[BLOCK_M, HEAD_DIM_PAD] running weighted sum of V
+    l_i,  # f32[BLOCK_M] running softmax denominator
+    m_i,  # f32[BLOCK_M] running max score (log2 units)
+    start,  # first KV position of the chunk
+    kv_hi,  # one past the tile's last visible position
+    pos,  # i32[BLOCK_M] each row's position
+    req,
+    kv_head,
+    offs_d,
+    d_ok,
+    kv_ptr,
+    block_tables_ptr,
+    MASKED: tl.constexpr,  # False: every row sees every position of the chunk
+    NUM_BLOCKS: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    MAX_BLOCKS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SCALE_LOG2: tl.constexpr,
+    SM_SCALE: tl.constexpr,
+    SOFT_CAP: tl.constexpr,
+    SLIDING_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One online-softmax update with the ``BLOCK_N`` KV positions from ``start``."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < kv_hi
+    page = tl.load(block_tables_ptr + req * MAX_BLOCKS + offs_n // BLOCK_SIZE, n_ok, 0)
+    slot = page.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE
+    kv_offs = (slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM)[:, None] + offs_d[None, :]
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(kv_ptr + kv_offs, kv_mask, 0.0)
+    v_base = kv_ptr + NUM_BLOCKS * BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM  # int64: caches are big
+    v = tl.load(v_base + kv_offs, kv_mask, 0.0)
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # f32[BLOCK_M, BLOCK_N]
+    if SOFT_CAP > 0:
+        s = s * SM_SCALE / SOFT_CAP
+        # tanh(x) = 1 - 2 / (exp(2x) + 1), which saturates cleanly at both ends.
+        s = (SOFT_CAP * _LOG2_E) * (1.0 - 2.0 / (tl.exp2(s * (2.0 * _LOG2_E)) + 1.0))
+    else:
+        s = s * SCALE_LOG2
+    if MASKED:
+        visible = (offs_n[None, :] <= pos[:, None]) & n_ok[None, :]
+        if SLIDING_WINDOW > 0:
+            visible = visible & (offs_n[None, :] > pos[:, None] - SLIDING_WINDOW)
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
+        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+    else:
+        m_new_safe = m_new
+    p = tl.exp2(s - m_new_safe[:, None])
+    alpha = tl.exp2(m_i - m_new_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -225,37 +340,24 @@ def ragged_paged_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-    v_base = kv_ptr + NUM_BLOCKS * BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM  # int64: caches are big
-    for start in range(kv_lo, kv_hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < kv_hi
-        page = tl.load(block_tables_ptr + req * MAX_BLOCKS + offs_n // BLOCK_SIZE, n_ok, 0)
-        slot = page.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE
-        kv_rows = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
-        kv_offs = kv_rows[:, None] + offs_d[None, :]
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(kv_ptr + kv_offs, kv_mask, 0.0)
-        v = tl.load(v_base + kv_offs, kv_mask, 0.0)
-
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # f32[BLOCK_M, BLOCK_N]
-        if SOFT_CAP > 0:
-            s = s * SM_SCALE / SOFT_CAP
-            # tanh(x) = 1 - 2 / (exp(2x) + 1), which saturates cleanly at both ends.
-            s = (SOFT_CAP * _LOG2_E) * (1.0 - 2.0 / (tl.exp2(s * (2.0 * _LOG2_E)) + 1.0))
-        else:
-            s = s * SCALE_LOG2
-        visible = (offs_n[None, :] <= pos[:, None]) & n_ok[None, :]
-        if SLIDING_WINDOW > 0:
-            visible = visible & (offs_n[None, :] > pos[:, None] - SLIDING_WINDOW)
-        s = tl.where(visible, s, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    # Chunks below the tile's first position are visible to every row: no mask needed there
+    # (the softmax's elementwise work, not the matmuls, limits long prefills). With a sliding
+    # window every chunk may be partly hidden, so all of them take the masked path.
+    full_hi = kv_lo
+    if SLIDING_WINDOW == 0:
+        full_hi = ((context + tile * BLOCK_Q + 1) // BLOCK_N) * BLOCK_N
+    for start in range(kv_lo, full_hi, BLOCK_N):
+        acc, l_i, m_i = _attend_chunk(
+            q, acc, l_i, m_i, start, kv_hi, pos, req, kv_head, offs_d, d_ok, kv_ptr,
+            block_tables_ptr, False, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, MAX_BLOCKS,
+            BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW, DOT_PRECISION,
+        )  # fmt: skip
+    for start in range(full_hi, kv_hi, BLOCK_N):
+        acc, l_i, m_i = _attend_chunk(
+            q, acc, l_i, m_i, start, kv_hi, pos, req, kv_head, offs_d, d_ok, kv_ptr,
+            block_tables_ptr, True, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, MAX_BLOCKS,
+            BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW, DOT_PRECISION,
+        )  # fmt: skip
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     out_ptrs = out_ptr + q_rows[:, None] + offs_d[None, :]
