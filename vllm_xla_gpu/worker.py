@@ -52,9 +52,11 @@ class XlaGpuWorker(WorkerBase):
 
     def init_device(self) -> None:
         """Start JAX on its default device and set up vLLM's (trivial) distributed state."""
-        # Allocate on demand, so memory_stats() tells what is really in use (KV-cache budget),
-        # and let JAX's allocator grow to vLLM's share of the device, not its default 75%.
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        # Reserve vLLM's share of the device (not JAX's default 75%) as one region up front.
+        # memory_stats() still counts only live buffers (the KV-cache budget), and one region
+        # keeps the big per-layer caches from failing on fragmentation: grown on demand, the
+        # allocator's regions left no contiguous room for the last layer's cache near the limit.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
         os.environ.setdefault(
             "XLA_PYTHON_CLIENT_MEM_FRACTION", str(self.cache_config.gpu_memory_utilization)
         )
