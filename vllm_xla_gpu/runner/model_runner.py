@@ -156,9 +156,12 @@ class XlaGpuModelRunner:
     def step_scratch_bytes(self) -> int:
         """Device memory the largest steps need besides weights and KV cache.
 
-        XLA's memory analysis of the largest token bucket's ``model_step`` and the largest
-        request bucket's ``sample_step``, compiled against a one-page KV cache (the cache size
-        does not change their scratch). Used to size the KV cache on a GPU.
+        XLA's memory analysis of the largest token bucket's ``model_step`` and
+        ``prompt_logprobs_step`` and the largest request bucket's ``sample_step``, compiled
+        against a one-page KV cache (the cache size does not change their scratch), plus the
+        largest weight: programs compile after the cache is allocated, and XLA's GPU autotuner
+        runs candidate kernels on operand buffers of its own (the LM head's, for the logits).
+        Used to size the KV cache on a GPU.
         """
         specs = self.get_kv_cache_spec()
         spec = next(iter(specs.values()))
@@ -173,7 +176,12 @@ class XlaGpuModelRunner:
         hidden = model_step.out_info[0]
         md = _idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(self.params, hidden, md)
-        return sum(_scratch(lowered) for lowered in (model_step, sample_step))
+        hidden_all = model_step.out_info[2]
+        targets = jax.ShapeDtypeStruct((hidden_all.shape[0],), jnp.int32, sharding=sharding)
+        prompt_step = self._prompt_logprobs_step.lower(self.params, hidden_all, targets)
+        programs = (model_step, sample_step, prompt_step)
+        largest_weight = max(x.nbytes for x in jax.tree.leaves(self.params))
+        return sum(_scratch(lowered) for lowered in programs) + largest_weight
 
     def precompile(self) -> float:
         """Compile ``model_step`` for every token bucket and ``sample_step`` for every request
