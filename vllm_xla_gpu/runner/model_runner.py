@@ -3,7 +3,7 @@
 Per step (DESIGN.md §4)::
 
     SchedulerOutput -> _update_states (persistent numpy batch)
-                    -> prepare_step_inputs (pad to a token bucket) -> one jax.device_put
+                    -> prepare_step_inputs (pad to a token bucket) -> one packed transfer
                     -> model_step(params, kv_caches[donated], inputs)   # vLLM's model via torchax
                     -> sample_step(params, hidden, sampling_metadata)   # logits + sampler
                     -> tokens (and logprobs) to host -> ModelRunnerOutput
@@ -49,6 +49,7 @@ from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
+from vllm_xla_gpu.runner.transfer import Packing, pack, to_device, unpack
 from vllm_xla_gpu.sample.logprobs import TopLogprobs, to_logprobs_lists
 from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
 from vllm_xla_gpu.sample.prompt_logprobs import PromptLogprobsState, prompt_top_logprobs
@@ -93,8 +94,9 @@ class XlaGpuModelRunner:
         register_torch_op()
         self.requests: dict[str, RequestState] = {}
         self.compile_guard = CompileGuard()
-        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,))
-        self._sample_step = jax.jit(self._sample_step_fn)
+        # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
+        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,), static_argnums=(4,))
+        self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(4,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         self.prompt_logprobs = PromptLogprobsState()
         self.vocab_size = vllm_config.model_config.get_vocab_size()
@@ -172,10 +174,10 @@ class XlaGpuModelRunner:
         }
         max_blocks = cdiv(self.config.max_model_len, spec.block_size)
         inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
-        model_step = self._model_step.lower(self.params, kv, inputs)
+        model_step = self._model_step.lower(self.params, kv, *pack(inputs))
         hidden = model_step.out_info[0]
         md = _idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
-        sample_step = self._sample_step.lower(self.params, hidden, md)
+        sample_step = self._sample_step.lower(self.params, hidden, *pack(md))
         hidden_all = model_step.out_info[2]
         targets = jax.ShapeDtypeStruct((hidden_all.shape[0],), jnp.int32, sharding=sharding)
         prompt_step = self._prompt_logprobs_step.lower(self.params, hidden_all, targets)
@@ -213,7 +215,7 @@ class XlaGpuModelRunner:
     def _warm_up_tokens(self, num_tokens: int) -> None:
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
         hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, jax.device_put(inputs, self.device)
+            self.params, self.kv_caches, *to_device(inputs, self.device)
         )
         jax.block_until_ready(hidden)
         self._hidden_template = hidden
@@ -222,7 +224,7 @@ class XlaGpuModelRunner:
     def _warm_up_requests(self, num_reqs: int) -> None:
         md = _idle_metadata(self.sampling_inputs, num_reqs)
         jax.block_until_ready(
-            self._sample_step(self.params, self._hidden_template, jax.device_put(md, self.device))
+            self._sample_step(self.params, self._hidden_template, *to_device(md, self.device))
         )
 
     def _warm_up_prompt_logprobs(self, num_tokens: int) -> None:
@@ -245,7 +247,7 @@ class XlaGpuModelRunner:
         num_tokens = pad_to_bucket(int(num_scheduled.sum()), self.token_buckets)
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
         hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, jax.device_put(inputs, self.device)
+            self.params, self.kv_caches, *to_device(inputs, self.device)
         )
         self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden, hidden_all)
         return None
@@ -263,7 +265,7 @@ class XlaGpuModelRunner:
             step.rows, history, pad_to_bucket(num_reqs, self.request_buckets), bitmask
         )
         out: SamplerOutput = self._sample_step(
-            self.params, step.hidden, jax.device_put(md, self.device)
+            self.params, step.hidden, *to_device(md, self.device)
         )
         prompt_logprobs = self._prompt_logprobs(step)
         sampled = self._record_sampled(step, np.asarray(out.sampled_token_ids)[:num_reqs])
@@ -314,11 +316,18 @@ class XlaGpuModelRunner:
     # ---- jitted programs -----------------------------------------------------------------
 
     def _model_step_fn(
-        self, params: dict, kv_caches: dict[str, jax.Array], inputs: StepInputs
+        self,
+        params: dict,
+        kv_caches: dict[str, jax.Array],
+        words: jax.Array,
+        big: list[jax.Array],
+        packing: Packing,
     ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
-        """vLLM's model over the padded tokens; returns hidden states at each request's last
-        token (``[max_num_seqs, hidden]``), the updated KV caches, and the hidden states of
-        every token (read only for prompt logprobs)."""
+        """vLLM's model over the padded tokens (``StepInputs`` packed by ``transfer.pack``);
+        returns hidden states at each request's last token (``[max_num_seqs, hidden]``), the
+        updated KV caches, and the hidden states of every token (read only for prompt
+        logprobs)."""
+        inputs: StepInputs = unpack(words, big, packing)
         ctx = XlaGpuAttentionMetadata(inputs.attn, dict(kv_caches), self.attention_impl)
         num_tokens = inputs.input_ids.shape[0]
         with (
@@ -330,9 +339,11 @@ class XlaGpuModelRunner:
         return hidden[inputs.logits_indices], ctx.kv_caches, hidden
 
     def _sample_step_fn(
-        self, params: dict, hidden: jax.Array, md: SamplingMetadata
+        self, params: dict, hidden: jax.Array, words: jax.Array, big: list, packing: Packing
     ) -> SamplerOutput:
-        """Logits of the first ``num_reqs`` rows (the request bucket), then the sampler."""
+        """Logits of the first ``num_reqs`` rows (the request bucket), then the sampler on the
+        ``SamplingMetadata`` packed by ``transfer.pack``."""
+        md: SamplingMetadata = unpack(words, big, packing)
         num_reqs = md.temperature.shape[0]
         return sample(self._compute_logits(params, hidden[:num_reqs]), md)
 
