@@ -126,18 +126,32 @@ def write_random_checkpoint(
     return path
 
 
-def weight_bytes(name: str) -> int:
-    """Bytes of bf16 weights read by one decode step (embedding row reads excluded)."""
-    a = ARCHITECTURES[name]
+def _numbers(arch: str | dict) -> dict:
+    """The config numbers of ``arch``: a key of :data:`ARCHITECTURES` or a ``config.json`` dict."""
+    a = dict(ARCHITECTURES[arch]) if isinstance(arch, str) else dict(arch)
+    a.setdefault("head_dim", a["hidden_size"] // a["num_attention_heads"])
+    a.setdefault("num_key_value_heads", a["num_attention_heads"])
+    return a
+
+
+def weight_bytes(arch: str | dict, dtype_bytes: int = 2) -> int:
+    """Bytes of weights read by one decode step (embedding row reads excluded).
+
+    Args:
+        arch: a key of :data:`ARCHITECTURES`, or a checkpoint's ``config.json`` as a dict.
+        dtype_bytes: bytes per weight element (2 for bf16, 4 for float32).
+    """
+    a = _numbers(arch)
     h, i, n = a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"]
     d = a["head_dim"]
     attn = h * d * (a["num_attention_heads"] * 2 + a["num_key_value_heads"] * 2)
     per_layer = attn + 3 * h * i + 2 * h
+    # The LM head is read in full every step, tied to the embedding or not.
     lm_head = a["vocab_size"] * h
-    return 2 * (n * per_layer + lm_head + h)
+    return dtype_bytes * (n * per_layer + lm_head + h)
 
 
-def kv_bytes_per_token(name: str) -> int:
-    """Bytes of bf16 K and V stored per token over all layers."""
-    a = ARCHITECTURES[name]
-    return 2 * 2 * a["num_hidden_layers"] * a["num_key_value_heads"] * a["head_dim"]
+def kv_bytes_per_token(arch: str | dict, dtype_bytes: int = 2) -> int:
+    """Bytes of K and V stored per token over all layers (same ``arch`` forms as above)."""
+    a = _numbers(arch)
+    return dtype_bytes * 2 * a["num_hidden_layers"] * a["num_key_value_heads"] * a["head_dim"]

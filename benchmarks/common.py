@@ -1,0 +1,114 @@
+"""Helpers shared by the end-to-end benchmarks (``decode.py``, ``throughput.py``).
+
+Role: turn a running engine (``vllm.LLM``) and a model directory into timings, the bytes one
+decode step reads, and model-bandwidth utilisation (MBU). Nothing here imports vLLM or this
+package at module level, so the scripts run unchanged against vLLM's own CUDA build as well as
+against the XLA plugin. Data: none kept; every function is pure or reads the engine it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import sys
+import time
+from typing import Any
+
+# Bytes per element of the dtypes a benchmark may ask vLLM for (``--dtype``).
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+
+def read_config(model_dir: str | pathlib.Path) -> dict:
+    """The checkpoint's ``config.json`` as a dict."""
+    return json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+
+
+def dtype_bytes(dtype: str, config: dict) -> int:
+    """Bytes per weight and KV element for vLLM's ``dtype`` argument (``auto``: the config's)."""
+    if dtype == "auto":
+        dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return DTYPE_BYTES[dtype.removeprefix("torch.")]
+
+
+def random_prompts(rng: Any, count: int, length: int, vocab_size: int) -> list[list[int]]:
+    """``count`` prompts of ``length`` random token ids, away from the special ids at both ends.
+
+    Args:
+        rng: a ``numpy.random.Generator``; fresh prompts each call keep vLLM's prefix cache cold.
+    """
+    return [rng.integers(10, vocab_size - 10, size=length).tolist() for _ in range(count)]
+
+
+def timed_generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> tuple[float, list]:
+    """Greedy ``llm.generate`` of exactly ``max_tokens`` per prompt (``ignore_eos``).
+
+    Returns:
+        Wall seconds of the call and vLLM's ``RequestOutput`` list.
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+    start = time.perf_counter()
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    return time.perf_counter() - start, outputs
+
+
+def worker_stats(worker: Any) -> dict:
+    """Runs inside the engine's worker (``llm.collective_rpc``): device and, for the XLA
+    runner, its start-up split and the compilations since warm-up (must be 0)."""
+    runner = worker.model_runner
+    device = getattr(runner, "device", None)
+    stats: dict[str, Any] = {"device": str(device)}
+    if hasattr(runner, "compile_guard"):  # the XLA plugin's runner
+        stats["device"] = getattr(device, "device_kind", str(device))
+        stats["load_s"] = runner.load_seconds
+        stats["compile_s"] = runner.compile_seconds
+        stats["compiles_since_warmup"] = runner.compile_guard.since_warmup()
+    else:
+        try:
+            import torch
+
+            stats["device"] = torch.cuda.get_device_name(device)
+        except Exception:  # not a CUDA worker: keep the plain name
+            pass
+    return stats
+
+
+def engine_stats(llm: Any) -> dict:
+    """:func:`worker_stats` of the (single) worker of ``llm``.
+
+    vLLM's engine process accepts a function over ``collective_rpc`` only with pickle fallback
+    (``VLLM_ALLOW_INSECURE_SERIALIZATION=1``, set by the scripts; it stays on this machine).
+    The function travels by value, so the engine process need not import this module.
+    """
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return llm.collective_rpc(worker_stats)[0]
+
+
+def decode_step_bytes(
+    weight_bytes: int, kv_bytes_per_token: int, batch: int, avg_context: float
+) -> float:
+    """Bytes one decode step must read: all weights once, plus the real KV of every sequence
+    (``batch`` sequences of ``avg_context`` tokens; padding excluded)."""
+    return weight_bytes + batch * avg_context * kv_bytes_per_token
+
+
+def mbu(step_bytes: float, step_seconds: float, copy_bandwidth: float) -> float:
+    """Model-bandwidth utilisation: bytes read per second over the device's copy bandwidth."""
+    return step_bytes / step_seconds / copy_bandwidth
+
+
+def versions() -> dict:
+    """Versions of Python and of the libraries a result depends on (those importable)."""
+    found = {"python": platform.python_version()}
+    for name in ("vllm", "torch", "jax", "transformers"):
+        try:
+            found[name] = __import__(name).__version__
+        except Exception:  # absent in this environment
+            continue
+    return found
