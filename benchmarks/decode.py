@@ -27,6 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402
 from architectures import (  # noqa: E402
     ARCHITECTURES,
     kv_bytes_per_token,
@@ -51,41 +52,24 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _runner_times(worker) -> dict:
-    runner = worker.model_runner
-    return {
-        "load_s": runner.load_seconds,
-        "compile_s": runner.compile_seconds,
-        "compiles_since_warmup": runner.compile_guard.since_warmup(),
-        "device": str(runner.device),
-    }
-
-
-def timed_generate(llm, prompts, max_tokens: int) -> float:
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    start = time.perf_counter()
-    llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    return time.perf_counter() - start
-
-
 def measure_batch(llm, args, batch: int, rng) -> dict:
     vocab = ARCHITECTURES[args.arch]["vocab_size"]
     prompts = [rng.integers(10, vocab - 10, size=args.input_len).tolist() for _ in range(batch)]
-    timed_generate(llm, prompts, 4)  # warm the host path
-    full = min(timed_generate(llm, prompts, args.output_len) for _ in range(2))
-    prefill = min(timed_generate(llm, prompts, 1) for _ in range(2))
+    common.timed_generate(llm, prompts, 4)  # warm the host path
+    full = min(common.timed_generate(llm, prompts, args.output_len)[0] for _ in range(2))
+    prefill = min(common.timed_generate(llm, prompts, 1)[0] for _ in range(2))
     steps = args.output_len - 1
     step_s = (full - prefill) / steps
     avg_ctx = args.input_len + args.output_len / 2
-    step_bytes = weight_bytes(args.arch) + batch * avg_ctx * kv_bytes_per_token(args.arch)
+    nbytes = common.DTYPE_BYTES[args.dtype]
+    step_bytes = common.decode_step_bytes(
+        weight_bytes(args.arch, nbytes), kv_bytes_per_token(args.arch, nbytes), batch, avg_ctx
+    )
     return {
         "batch": batch,
         "ms_per_step": step_s * 1e3,
         "decode_tokens_per_s": batch / step_s,
-        "mbu": step_bytes / step_s / args.copy_bandwidth,
+        "mbu": common.mbu(step_bytes, step_s, args.copy_bandwidth),
         "full_s": full,
         "prefill_s": prefill,
     }
@@ -119,7 +103,7 @@ def main() -> None:
     startup = {"engine_s": time.perf_counter() - t0, "checkpoint_write_s": write_s}
     rng = np.random.default_rng(0)
     rows = [measure_batch(llm, args, b, rng) for b in args.batch_sizes]
-    startup.update(llm.collective_rpc(_runner_times)[0])
+    startup.update(common.engine_stats(llm))
     report(args, startup, rows, vllm.__version__)
 
 

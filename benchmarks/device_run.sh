@@ -9,6 +9,12 @@
 #              (the GPU machine has no network, and the real weights are too large to carry);
 #   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
 #   decode     decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
+# Not in the default set (benchmarks/README.md has the whole sequence of commands):
+#   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
+#                    the checkpoint TP_MODEL, with TP_ARGS (e.g. "--workloads 128/128 --restart");
+#   throughput-cuda  the same with vLLM's own CUDA build, installed from .baseline/ (install.sh a, b,
+#                    c) into ${VLLM_CUDA_SITE:-~/.cache/vllm-cuda}; this plugin steps aside.
+#   Both write $OUT/throughput_<backend>_<arch>[_TP_TAG].json for benchmarks/compare.py.
 # Run there as:  source .device/setup.sh && bash benchmarks/device_run.sh
 # (.device from ../shared/device/make-bundle.sh; .whl holds pytest; .device-assets the tokenizer)
 set -uo pipefail
@@ -17,10 +23,10 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 VLLM_XLA_GPU_CACHE_DIR=/tmp/vxg-jax-cache
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/vxg-whl .whl/*.whl 2>&1 | grep -v WARNING
-  export PYTHONPATH="$PYTHONPATH:/tmp/vxg-whl"
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/vxg-whl"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -c "import jax, torch, vllm; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'vllm', vllm.__version__)" | tee "$out/versions.txt"
+python3 -c "import jax, torch, vllm; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'vllm', vllm.__version__)" 2>&1 | tail -1 | tee "$out/versions.txt"
 
 XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 python3 -c "
 import jax, jax.numpy as jnp; d = jax.devices()[0]; print('memory_stats at start', d.memory_stats())
@@ -63,6 +69,29 @@ step "attention benchmark"
 timeout ${ATTN_TIMEOUT:-300} python3 benchmarks/attention.py ${ATTN_ARGS:-} --json "$out/attention.json" \
   > "$out/attention.log" 2>&1
 echo "attention exit $?"; grep -v "WARNING\|INFO" "$out/attention.log" | tail -14
+fi
+
+throughput() {  # $1 = xla | cuda; the environment is set by the caller
+  local model=(--arch "${TP_ARCH:-llama-3.2-1b}") label=${TP_ARCH:-llama-3.2-1b}
+  if [ -n "${TP_MODEL:-}" ]; then model=(--model "$TP_MODEL"); label=$(basename "$TP_MODEL"); fi
+  local name="throughput_$1_$label${TP_TAG:+_$TP_TAG}"
+  timeout ${TP_TIMEOUT:-570} python3 benchmarks/throughput.py --backend "$1" "${model[@]}" \
+    ${TP_ARGS:-} --json "$out/$name.json" > "$out/$name.log" 2>&1
+  local rc=$?; echo "$name exit $rc"
+  if [ $rc -ne 0 ]; then grep -v "INFO" "$out/$name.log" | tail -15; return; fi
+  grep -E "^(cold|warm) start" "$out/$name.log"
+  sed -n '/, backend /,$p' "$out/$name.log" | grep -v "WARNING\|INFO" | tail -14
+}
+if [[ $stages == *" throughput "* ]]; then
+step "throughput: this backend"
+throughput xla
+fi
+if [[ $stages == *" throughput-cuda "* ]]; then
+step "throughput: vLLM's CUDA backend (baseline)"
+(export PYTHONPATH="${VLLM_CUDA_SITE:-$HOME/.cache/vllm-cuda}" VLLM_USE_FLASHINFER_SAMPLER=0 \
+   VLLM_XLA_GPU_DISABLE=1
+ python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+ throughput cuda)
 fi
 
 [[ $stages == *" decode "* ]] || exit 0
