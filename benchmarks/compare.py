@@ -74,7 +74,7 @@ def _fmt(value: float | None, metric: str) -> str:
     if value is None:
         return "-"
     if "MBU" in metric:
-        return f"{value:.1%}"
+        return f"{value:.1%}" if value >= 0.01 else f"{value:.3%}"
     return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
 
 

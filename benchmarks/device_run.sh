@@ -79,7 +79,6 @@ throughput() {  # $1 = xla | cuda; the environment is set by the caller
     ${TP_ARGS:-} --json "$out/$name.json" > "$out/$name.log" 2>&1
   local rc=$?; echo "$name exit $rc"
   if [ $rc -ne 0 ]; then grep -v "INFO" "$out/$name.log" | tail -15; return; fi
-  grep -E "^(cold|warm) start" "$out/$name.log"
   sed -n '/, backend /,$p' "$out/$name.log" | grep -v "WARNING\|INFO" | tail -14
 }
 if [[ $stages == *" throughput "* ]]; then

@@ -103,8 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (args.arch or args.model):
         p.error("one of --arch or --model is required")
     workloads = [] if args.workloads == ["none"] else args.workloads
-    args.workloads = [parse_workload(w) for w in workloads]
-    args.latency = None if args.latency == "none" else parse_workload(args.latency)
+    try:
+        args.workloads = [parse_workload(w) for w in workloads]
+        args.latency = None if args.latency == "none" else parse_workload(args.latency)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        p.error(str(e))
     lengths = [w.input_len + w.output_len for w in args.workloads] + [n + 1 for n in args.ttft_lens]
     if args.latency:
         lengths.append(args.latency.input_len + args.latency.output_len)
@@ -339,7 +342,7 @@ def print_report(r: dict) -> None:
     if lat and "ms_per_token" in lat:
         print(
             f"batch 1, {lat['input_len']}/{lat['output_len']}: {lat['ms_per_token']:.2f} ms per "
-            f"output token, MBU {lat['mbu']:.1%} of {r['copy_bandwidth'] / 1e12:.2f} TB/s"
+            f"output token, MBU {lat['mbu']:.2%} of {r['copy_bandwidth'] / 1e12:.2f} TB/s"
         )
     if lat and lat["ttft_ms"]:
         ttft = ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in lat["ttft_ms"].items())

@@ -1,0 +1,77 @@
+"""The throughput benchmark's argument parsing and bytes-per-step arithmetic (no timing).
+
+``benchmarks/throughput.py`` reports decode model-bandwidth utilisation; these cases check its
+parts against numbers computed by hand from Llama-3.2-1B's published config.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+import common  # noqa: E402
+import throughput  # noqa: E402
+from architectures import ARCHITECTURES, kv_bytes_per_token, weight_bytes  # noqa: E402
+
+# Llama-3.2-1B by hand: per layer q/o 2048x2048 and k/v 2048x512 (2048*64*(2*32+2*8)), MLP
+# 3*2048*8192, two norms of 2048; 16 layers; LM head 128256x2048 (tied: read once); final norm.
+LLAMA_1B_PARAMS = 16 * (2048 * 64 * 80 + 3 * 2048 * 8192 + 2 * 2048) + 128256 * 2048 + 2048
+LLAMA_1B_KV_PER_TOKEN = 2 * 2 * 16 * 8 * 64  # K and V, bf16, 16 layers, 8 KV heads, head_dim 64
+
+
+def test_weight_and_kv_bytes_match_hand_count():
+    assert LLAMA_1B_PARAMS == 1_235_814_400  # the published "1.24B"
+    assert weight_bytes("llama-3.2-1b") == 2 * LLAMA_1B_PARAMS
+    assert weight_bytes("llama-3.2-1b", dtype_bytes=4) == 4 * LLAMA_1B_PARAMS
+    assert kv_bytes_per_token("llama-3.2-1b") == LLAMA_1B_KV_PER_TOKEN
+
+
+def test_config_dict_without_head_dim_gives_same_bytes():
+    config = {k: v for k, v in ARCHITECTURES["llama-3.2-1b"].items() if k != "head_dim"}
+    assert weight_bytes(config) == weight_bytes("llama-3.2-1b")
+    assert kv_bytes_per_token(config) == kv_bytes_per_token("llama-3.2-1b")
+
+
+def test_batch1_mbu_by_hand():
+    # 128 in / 128 out: decode steps see 128 + 64 tokens on average; 1 ms per step.
+    step_bytes = common.decode_step_bytes(
+        weight_bytes("llama-3.2-1b"), kv_bytes_per_token("llama-3.2-1b"), 1, 128 + 128 / 2
+    )
+    assert step_bytes == 2 * LLAMA_1B_PARAMS + 192 * LLAMA_1B_KV_PER_TOKEN
+    assert common.mbu(step_bytes, 1e-3, 2.9e12) == pytest.approx(2_477_920_256 / 2.9e9)
+
+
+def test_dtype_bytes():
+    assert common.dtype_bytes("bfloat16", {}) == 2
+    assert common.dtype_bytes("float32", {}) == 4
+    assert common.dtype_bytes("auto", {"torch_dtype": "float32"}) == 4
+
+
+def test_parse_args_defaults_and_workloads():
+    args = throughput.parse_args(["--arch", "llama-3.2-1b"])
+    assert [w.name for w in args.workloads] == ["128/128", "1024/128", "2048/2048"]
+    assert args.num_prompts == 256 and args.backend == "xla"
+    assert args.latency == throughput.Workload(128, 128)
+    args = throughput.parse_args(
+        ["--model", "/m", "--backend", "cuda", "--workloads", "2048/2048/64", "--latency", "none"]
+    )
+    assert args.workloads == [throughput.Workload(2048, 2048, 64)] and args.latency is None
+    args = throughput.parse_args(["--arch", "qwen3-0.6b", "--workloads", "none", "--ttft-lens"])
+    assert args.workloads == [] and args.ttft_lens == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--arch", "llama-3.2-1b", "--workloads", "4096/128"],  # over --max-model-len 4096
+        ["--arch", "llama-3.2-1b", "--workloads", "128"],  # no output length
+        [],  # no model
+    ],
+    ids=["too_long", "malformed", "no_model"],
+)
+def test_parse_args_rejects(argv):
+    with pytest.raises(SystemExit):
+        throughput.parse_args(argv)
