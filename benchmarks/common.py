@@ -59,7 +59,7 @@ def timed_generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> tuple
 def worker_stats(worker: Any) -> dict:
     """Runs inside the engine's worker (``llm.collective_rpc``): device and, for the XLA
     runner, its start-up split and the compilations since warm-up (must be 0)."""
-    runner = worker.model_runner
+    runner = getattr(worker, "model_runner", None)
     device = getattr(runner, "device", None)
     stats: dict[str, Any] = {"device": str(device)}
     if hasattr(runner, "compile_guard"):  # the XLA plugin's runner
@@ -87,7 +87,11 @@ def engine_stats(llm: Any) -> dict:
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return llm.collective_rpc(worker_stats)[0]
+    try:
+        return llm.collective_rpc(worker_stats)[0]
+    except Exception as e:  # another vLLM's worker: the timings stand without these fields
+        print(f"warning: no worker stats ({type(e).__name__}: {e})")
+        return {}
 
 
 def decode_step_bytes(
