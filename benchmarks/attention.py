@@ -182,33 +182,16 @@ def main() -> None:
         args.page_size,
     )
     prefill = Workload([0], [args.prefill_len], args.page_size, seed=1)
+    decode_name = f"decode {args.decode_batch} seqs, ctx {lo}-{hi}"
+    prefill_name = f"prefill {args.prefill_len} tokens"
+    copy, matmul = limits["copy_bytes_per_s"], limits["bf16_matmul_flops"]
     rows = []
     for impl in args.impls:
         repeats = args.reference_repeats if impl == "reference" else args.repeats
         t = decode.seconds(impl, repeats)
-        rows.append(
-            dict(
-                impl=impl,
-                workload=f"decode {args.decode_batch} seqs, ctx {lo}-{hi}",
-                ms=t * 1e3,
-                achieved=decode.kv_bytes_read / t,
-                share=decode.kv_bytes_read / t / limits["copy_bytes_per_s"],
-                unit="B/s",
-            )
-        )
+        rows.append(result_row(impl, decode_name, t, decode.kv_bytes_read, copy, "B/s"))
         t = prefill.seconds(impl, repeats)
-        rows.append(
-            dict(
-                impl=impl,
-                workload=f"prefill {args.prefill_len} tokens",
-                ms=t * 1e3,
-                achieved=prefill.causal_flops / t,
-                share=prefill.causal_flops / t / limits["bf16_matmul_flops"],
-                unit="FLOP/s",
-            )
-        )
-        print_row(rows[-2])
-        print_row(rows[-1])
+        rows.append(result_row(impl, prefill_name, t, prefill.causal_flops, matmul, "FLOP/s"))
     for spec in args.prefill_configs:
         from vllm_xla_gpu.ops.ragged_paged_attention.triton_gpu import KernelConfig
 
@@ -216,16 +199,8 @@ def main() -> None:
         cfg = KernelConfig(m // (NUM_Q_HEADS // NUM_KV_HEADS), m, n, warps, stages)
         t = prefill.seconds("triton", args.repeats, config=cfg)
         rows.append(
-            dict(
-                impl=f"triton {spec}",
-                workload=f"prefill {args.prefill_len} tokens",
-                ms=t * 1e3,
-                achieved=prefill.causal_flops / t,
-                share=prefill.causal_flops / t / limits["bf16_matmul_flops"],
-                unit="FLOP/s",
-            )
+            result_row(f"triton {spec}", prefill_name, t, prefill.causal_flops, matmul, "FLOP/s")
         )
-        print_row(rows[-1])
     sweep = []
     for impl in args.impls:
         if impl == "reference":
@@ -253,6 +228,21 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def result_row(impl: str, workload: str, seconds: float, amount: float, limit: float, unit: str):
+    """One table row (``amount`` of bytes or FLOPs done in ``seconds``, against ``limit``/s);
+    printed as it is made."""
+    row = dict(
+        impl=impl,
+        workload=workload,
+        ms=seconds * 1e3,
+        achieved=amount / seconds,
+        share=amount / seconds / limit,
+        unit=unit,
+    )
+    print_row(row)
+    return row
 
 
 def print_row(row: dict) -> None:
