@@ -107,8 +107,9 @@ class XlaGpuPlatform(Platform):
         # vLLM's IR ops must be plain torch (not a custom-op wrapper) for torchax to lower them.
         compilation.ir_enable_torch_wrap = False
 
-        # Until the runner returns AsyncModelRunnerOutput, steps are synchronous.
-        vllm_config.scheduler_config.async_scheduling = False
+        # scheduler_config.async_scheduling is left as vLLM resolved it (on unless
+        # --no-async-scheduling or an incompatible feature): the runner returns an
+        # AsyncModelRunnerOutput then (runner/async_output.py).
         # Weights are built on the host, then moved to the device as JAX arrays.
         vllm_config.load_config.device = "cpu"
         if vllm_config.model_config is not None:

@@ -8,6 +8,10 @@ Per step (DESIGN.md §4)::
                     -> sample_step(params, hidden, sampling_metadata)   # logits + sampler
                     -> tokens (and logprobs) to host -> ModelRunnerOutput
 
+Under vLLM's async scheduling the last arrow waits: ``sample_tokens`` returns an
+``AsyncModelRunnerOutput``, and the next step reads the tokens it needs from the previous step's
+sampled ids on the device (``runner/async_output.py``).
+
 Three jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
 ``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
 not depend on the request count), ``sample_step`` per *request* bucket (every sampling option,
@@ -38,19 +42,25 @@ from vllm.model_executor.model_loader import get_model
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.sched.output import GrammarOutput, SchedulerOutput
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheConfig, KVCacheSpec
-from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, LogprobsTensors, ModelRunnerOutput
+from vllm.v1.outputs import (
+    EMPTY_MODEL_RUNNER_OUTPUT,
+    AsyncModelRunnerOutput,
+    LogprobsTensors,
+    ModelRunnerOutput,
+)
 
 from vllm_xla_gpu.attention.backend import XlaGpuAttentionMetadata
 from vllm_xla_gpu.config import XlaGpuConfig
 from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params
 from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_attention_impl
 from vllm_xla_gpu.ops.torch_op import register_torch_op
+from vllm_xla_gpu.runner.async_output import AsyncXlaModelRunnerOutput, Placeholder, PrevSampled
 from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
 from vllm_xla_gpu.runner.transfer import Packing, pack, to_device, unpack
-from vllm_xla_gpu.sample.logprobs import TopLogprobs, to_logprobs_lists
+from vllm_xla_gpu.sample.logprobs import TopLogprobs
 from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
 from vllm_xla_gpu.sample.prompt_logprobs import PromptLogprobsState, prompt_top_logprobs
 from vllm_xla_gpu.sample.sampler import SamplerOutput, sample
@@ -95,7 +105,7 @@ class XlaGpuModelRunner:
         self.requests: dict[str, RequestState] = {}
         self.compile_guard = CompileGuard()
         # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
-        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,), static_argnums=(4,))
+        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,), static_argnums=(5,))
         self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(4,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         self.prompt_logprobs = PromptLogprobsState()
@@ -103,6 +113,17 @@ class XlaGpuModelRunner:
         self._hidden_all_templates: dict[int, jax.Array] = {}
         self._pending: _PendingStep | None = None
         self._seed_rng = np.random.default_rng(vllm_config.model_config.seed)
+        # Async scheduling (runner/async_output.py): the last step's sampled ids on the device,
+        # the outputs vLLM has not collected yet, and the requests whose sampling reads the
+        # token history (penalties, bad words), which must be resolved before they sample.
+        self.async_scheduling = bool(vllm_config.scheduler_config.async_scheduling)
+        self._prev_sampled: PrevSampled | None = None
+        self._unresolved: list[AsyncXlaModelRunnerOutput] = []
+        self._history_req_ids: set[str] = set()
+        # Steps whose input tokens came from the device, and host waits for an output vLLM had
+        # not collected yet (before penalties, or a fallback): tests and benchmarks read them.
+        self.num_steps_with_device_tokens = 0
+        self.num_early_resolves = 0
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -148,6 +169,8 @@ class XlaGpuModelRunner:
             self.max_num_reqs, self.config.max_model_len, self.max_blocks_per_req
         )
         self.sampling_inputs = self._new_sampling_inputs()
+        # The model step's previous-sampled input when no token comes from the device.
+        self._no_prev_sampled = jax.device_put(np.zeros(self.max_num_reqs, np.int32), self.device)
         logger.info(
             "KV cache: %d layers x %s (%.2f GiB)",
             len(self.kv_caches),
@@ -174,7 +197,8 @@ class XlaGpuModelRunner:
         }
         max_blocks = cdiv(self.config.max_model_len, spec.block_size)
         inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
-        model_step = self._model_step.lower(self.params, kv, *pack(inputs))
+        prev = jax.ShapeDtypeStruct((self.max_num_reqs,), jnp.int32, sharding=sharding)
+        model_step = self._model_step.lower(self.params, kv, prev, *pack(inputs))
         hidden = model_step.out_info[0]
         md = _idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(self.params, hidden, *pack(md))
@@ -215,7 +239,7 @@ class XlaGpuModelRunner:
     def _warm_up_tokens(self, num_tokens: int) -> None:
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
         hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, *to_device(inputs, self.device)
+            self.params, self.kv_caches, self._no_prev_sampled, *to_device(inputs, self.device)
         )
         jax.block_until_ready(hidden)
         self._hidden_template = hidden
@@ -246,17 +270,26 @@ class XlaGpuModelRunner:
         )
         num_tokens = pad_to_bucket(int(num_scheduled.sum()), self.token_buckets)
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
+        prev_sampled = self._link_prev_sampled(inputs, req_ids, rows, num_scheduled)
         hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, *to_device(inputs, self.device)
+            self.params, self.kv_caches, prev_sampled, *to_device(inputs, self.device)
         )
         self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden, hidden_all)
         return None
 
-    def sample_tokens(self, grammar_output: GrammarOutput | None) -> ModelRunnerOutput:
+    def sample_tokens(
+        self, grammar_output: GrammarOutput | None
+    ) -> ModelRunnerOutput | AsyncModelRunnerOutput:
         """Sample one token per request that finished its prompt (under the grammar bitmask
-        of structured-output requests); build vLLM's output with the logprobs asked for."""
+        of structured-output requests); build vLLM's output with the logprobs asked for.
+
+        Under async scheduling the output is returned before its tokens reach the host."""
         step, self._pending = self._pending, None
         num_reqs = len(step.req_ids)
+        if not self._history_req_ids.isdisjoint(step.req_ids):
+            # Penalties and bad words read the real tokens: wait for the previous step's
+            # (vLLM's GPU runner syncs at the same point, update_async_output_token_ids).
+            self._resolve_outputs()
         history = TokenHistory(
             self.batch.token_ids, self.batch.num_prompt_tokens, self.batch.num_tokens
         )
@@ -264,19 +297,25 @@ class XlaGpuModelRunner:
         md = self.sampling_inputs.to_metadata(
             step.rows, history, pad_to_bucket(num_reqs, self.request_buckets), bitmask
         )
-        out: SamplerOutput = self._sample_step(
-            self.params, step.hidden, *to_device(md, self.device)
-        )
+        out, padded_ids = self._sample_step(self.params, step.hidden, *to_device(md, self.device))
         prompt_logprobs = self._prompt_logprobs(step)
-        sampled = self._record_sampled(step, np.asarray(out.sampled_token_ids)[:num_reqs])
-        num_logprobs = self.sampling_inputs.num_logprobs[step.rows]
-        return ModelRunnerOutput(
-            req_ids=step.req_ids,
-            req_id_to_index={r: i for i, r in enumerate(step.req_ids)},
-            sampled_token_ids=sampled,
-            logprobs=to_logprobs_lists(out.logprobs, num_logprobs),
-            prompt_logprobs_dict=prompt_logprobs,
+        sampled, placeholders = self._add_placeholders(step)
+        self._prev_sampled = PrevSampled(
+            padded_ids, {r: i for i, r in enumerate(step.req_ids) if sampled[i]}
         )
+        output = AsyncXlaModelRunnerOutput(
+            step.req_ids,
+            sampled,
+            out,
+            self.sampling_inputs.num_logprobs[step.rows],
+            prompt_logprobs,
+            placeholders,
+            self._fill_placeholders,
+        )
+        if not self.async_scheduling:
+            return output.get_output()
+        self._unresolved.append(output)
+        return output
 
     def _prompt_logprobs(self, step: _PendingStep) -> dict[str, LogprobsTensors | None]:
         """Prompt logprobs of this step's prefill chunks; the buffers of finished prompts."""
@@ -297,21 +336,77 @@ class XlaGpuModelRunner:
         )
         return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
-    def _record_sampled(self, step: _PendingStep, tokens: np.ndarray) -> list[list[int]]:
-        """Append sampled tokens; requests still prefilling their prompt get ``[]``."""
+    def _add_placeholders(self, step: _PendingStep) -> tuple[np.ndarray, list[Placeholder]]:
+        """Append a placeholder (-1) for each sampled token; the real id replaces it when the
+        output resolves. Requests still prefilling their prompt sample nothing.
+
+        Returns:
+            bool[num_reqs] which requests sampled, and their placeholders."""
         computed = self.batch.num_computed_tokens[step.rows] + step.num_scheduled
-        done = computed >= self.batch.num_tokens[step.rows]
-        sampled: list[list[int]] = []
-        for req_id, row, token, is_done in zip(
-            step.req_ids, step.rows, tokens.tolist(), done, strict=True
-        ):
-            if not is_done:
-                sampled.append([])
+        sampled = computed >= self.batch.num_tokens[step.rows]
+        placeholders = []
+        for i in np.flatnonzero(sampled).tolist():
+            req_id, row = step.req_ids[i], int(step.rows[i])
+            output_token_ids = self.requests[req_id].output_token_ids
+            placeholders.append(Placeholder(req_id, len(output_token_ids), i))
+            output_token_ids.append(-1)
+            self.batch.append_token(row, -1)
+        return sampled, placeholders
+
+    def _fill_placeholders(
+        self, output: AsyncXlaModelRunnerOutput, placeholders: list[Placeholder], tokens
+    ) -> None:
+        """Write a resolved step's token ids over its placeholders (requests that finished
+        meanwhile are gone; a row given back gets the ids from ``output_token_ids``)."""
+        with_history = self.batch.token_ids.shape[1]
+        for p in placeholders:
+            state = self.requests.get(p.req_id)
+            if state is None:
                 continue
-            self.requests[req_id].output_token_ids.append(token)
-            self.batch.append_token(row, token)
-            sampled.append([token])
-        return sampled
+            token = int(tokens[p.step_row])
+            state.output_token_ids[p.output_index] = token
+            row = self.batch.req_id_to_row.get(p.req_id)
+            position = len(state.prompt_token_ids) + p.output_index
+            if row is not None and position < with_history:
+                self.batch.token_ids[row, position] = token
+        if output in self._unresolved:
+            self._unresolved.remove(output)
+
+    def _resolve_outputs(self) -> None:
+        """Wait for every uncollected output and fill its placeholders."""
+        for output in list(self._unresolved):
+            self.num_early_resolves += 1
+            output.resolve()
+
+    def _link_prev_sampled(
+        self, inputs: StepInputs, req_ids: list[str], rows: np.ndarray, num_scheduled: np.ndarray
+    ) -> jax.Array:
+        """Point each input token the host does not know yet (a placeholder) at its row of the
+        previous step's sampled ids, which stay on the device; return those ids.
+
+        vLLM's engine collects step N-1's output before it schedules step N+1, so only step
+        N's tokens can be unknown here; anything else is resolved first (a sync)."""
+        num_tokens = int(num_scheduled.sum())
+        input_ids = inputs.input_ids[:num_tokens]
+        unknown = input_ids < 0
+        if not unknown.any():
+            return self._no_prev_sampled
+        prev = self._prev_sampled
+        index_of_req = np.array(
+            [-1 if prev is None else prev.req_id_to_index.get(r, -1) for r in req_ids], np.int32
+        )
+        index = np.repeat(index_of_req, num_scheduled)
+        if (index[unknown] < 0).any():
+            self._resolve_outputs()
+            row_of_token = np.repeat(rows, num_scheduled)
+            input_ids[:] = self.batch.token_ids[row_of_token, inputs.positions[:num_tokens]]
+            if (input_ids < 0).any():
+                raise RuntimeError("an input token's id is neither on the host nor on the device")
+            return self._no_prev_sampled
+        inputs.prev_token_index[:num_tokens] = np.where(unknown, index, -1)
+        input_ids[unknown] = 0
+        self.num_steps_with_device_tokens += 1
+        return prev.token_ids
 
     # ---- jitted programs -----------------------------------------------------------------
 
@@ -319,6 +414,7 @@ class XlaGpuModelRunner:
         self,
         params: dict,
         kv_caches: dict[str, jax.Array],
+        prev_sampled_token_ids: jax.Array,  # i32[max_num_seqs] (async scheduling)
         words: jax.Array,
         big: list[jax.Array],
         packing: Packing,
@@ -328,24 +424,31 @@ class XlaGpuModelRunner:
         updated KV caches, and the hidden states of every token (read only for prompt
         logprobs)."""
         inputs: StepInputs = unpack(words, big, packing)
+        # Async scheduling: tokens sampled by the previous step come from the device.
+        from_prev = prev_sampled_token_ids[jnp.maximum(inputs.prev_token_index, 0)]
+        input_ids = jnp.where(inputs.prev_token_index >= 0, from_prev, inputs.input_ids)
         ctx = XlaGpuAttentionMetadata(inputs.attn, dict(kv_caches), self.attention_impl)
-        num_tokens = inputs.input_ids.shape[0]
+        num_tokens = input_ids.shape[0]
         with (
             torchax.default_env(),
             set_current_vllm_config(self.vllm_config),
             set_forward_context(ctx, self.vllm_config, num_tokens=num_tokens, slot_mapping={}),
         ):
-            hidden = self.jax_model.call(params, "forward", inputs.input_ids, inputs.positions)
+            hidden = self.jax_model.call(params, "forward", input_ids, inputs.positions)
         return hidden[inputs.logits_indices], ctx.kv_caches, hidden
 
     def _sample_step_fn(
         self, params: dict, hidden: jax.Array, words: jax.Array, big: list, packing: Packing
-    ) -> SamplerOutput:
+    ) -> tuple[SamplerOutput, jax.Array]:
         """Logits of the first ``num_reqs`` rows (the request bucket), then the sampler on the
-        ``SamplingMetadata`` packed by ``transfer.pack``."""
+        ``SamplingMetadata`` packed by ``transfer.pack``. Also returns the sampled ids padded
+        to ``max_num_seqs`` rows: the next model step's fixed-shape input under async
+        scheduling."""
         md: SamplingMetadata = unpack(words, big, packing)
         num_reqs = md.temperature.shape[0]
-        return sample(self._compute_logits(params, hidden[:num_reqs]), md)
+        out = sample(self._compute_logits(params, hidden[:num_reqs]), md)
+        padded = jnp.zeros(self.max_num_reqs, jnp.int32).at[:num_reqs].set(out.sampled_token_ids)
+        return out, padded
 
     def _prompt_logprobs_fn(
         self, params: dict, hidden_all: jax.Array, targets: jax.Array
@@ -366,6 +469,7 @@ class XlaGpuModelRunner:
         """Apply the scheduler's diff to the requests and the persistent batch."""
         for req_id in so.finished_req_ids:
             self.requests.pop(req_id, None)
+            self._history_req_ids.discard(req_id)
             self.prompt_logprobs.remove_request(req_id)
             self.batch.remove_request(req_id)
         resumed = so.scheduled_cached_reqs.resumed_req_ids
@@ -390,6 +494,8 @@ class XlaGpuModelRunner:
             seed=seed,
         )
         self.requests[new.req_id] = state
+        if _reads_token_history(params):
+            self._history_req_ids.add(new.req_id)
         self.prompt_logprobs.add_request(new.req_id, params.prompt_logprobs)
         self._add_to_batch(state)
 
@@ -406,7 +512,12 @@ class XlaGpuModelRunner:
         for i, req_id in enumerate(cached.req_ids):
             state = self.requests[req_id]
             state.num_computed_tokens = cached.num_computed_tokens[i]
-            del state.output_token_ids[cached.num_output_tokens[i] :]
+            num_output_tokens = cached.num_output_tokens[i]
+            if len(state.output_token_ids) > num_output_tokens:
+                # The scheduler dropped tokens (a preempted request's in-flight output).
+                for output in self._unresolved:
+                    output.forget(req_id, num_output_tokens)
+            del state.output_token_ids[num_output_tokens:]
             new_blocks = cached.new_block_ids[i]
             row = self.batch.req_id_to_row.get(req_id)
             if req_id in cached.resumed_req_ids:
@@ -420,6 +531,16 @@ class XlaGpuModelRunner:
             self.batch.num_tokens[row] = state.num_tokens
             if new_blocks is not None:
                 self.batch.append_blocks(row, new_blocks[0])
+
+
+def _reads_token_history(params) -> bool:
+    """Whether sampling reads the request's earlier tokens, not just their count."""
+    penalized = (
+        params.presence_penalty != 0
+        or params.frequency_penalty != 0
+        or params.repetition_penalty != 1
+    )
+    return penalized or bool(params.bad_words_token_ids)
 
 
 def _idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:

@@ -33,16 +33,22 @@ class StepInputs:
         positions: i32[num_tokens_padded] position of each token in its sequence.
         attn: paged-attention metadata (slot mapping, block tables, lengths).
         logits_indices: i32[max_num_reqs] index of each request's last scheduled token.
+        prev_token_index: i32[num_tokens_padded] under async scheduling, the row of the previous
+            step's sampled tokens (still on the device) that holds this token's id, for tokens
+            the host does not know yet; -1 = ``input_ids`` holds the id.
     """
 
     input_ids: jax.Array
     positions: jax.Array
     attn: AttentionMetadata
     logits_indices: jax.Array
+    prev_token_index: jax.Array
 
 
 jax.tree_util.register_dataclass(
-    StepInputs, data_fields=["input_ids", "positions", "attn", "logits_indices"], meta_fields=[]
+    StepInputs,
+    data_fields=["input_ids", "positions", "attn", "logits_indices", "prev_token_index"],
+    meta_fields=[],
 )
 
 
@@ -94,6 +100,7 @@ def prepare_step_inputs(
             query_start_loc=query_start_loc,
         ),
         logits_indices=logits_indices,
+        prev_token_index=np.full(num_tokens_padded, -1, np.int32),
     )
 
 
@@ -109,6 +116,7 @@ def dummy_step_inputs(num_tokens_padded: int, max_reqs: int, max_blocks: int) ->
             query_start_loc=np.zeros(max_reqs + 1, np.int32),
         ),
         logits_indices=np.zeros(max_reqs, np.int32),
+        prev_token_index=np.full(num_tokens_padded, -1, np.int32),
     )
 
 
