@@ -58,6 +58,7 @@ from vllm_xla_gpu.runner.async_output import AsyncXlaModelRunnerOutput, Placehol
 from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
+from vllm_xla_gpu.runner.request_states import RequestStatesMixin
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
 from vllm_xla_gpu.runner.transfer import Packing, pack, to_device, unpack
 from vllm_xla_gpu.sample.logprobs import TopLogprobs
@@ -82,7 +83,7 @@ class _PendingStep:
     hidden_all: jax.Array  # [num_tokens_padded, hidden_size] every token's (prompt logprobs)
 
 
-class XlaGpuModelRunner:
+class XlaGpuModelRunner(RequestStatesMixin):
     """Persistent batch, shape buckets, compiled step and sampler for one JAX device.
 
     Args:
@@ -465,82 +466,10 @@ class XlaGpuModelRunner:
 
     # ---- persistent batch updates ----------------------------------------------------------
 
-    def _update_states(self, so: SchedulerOutput) -> None:
-        """Apply the scheduler's diff to the requests and the persistent batch."""
-        for req_id in so.finished_req_ids:
-            self.requests.pop(req_id, None)
-            self._history_req_ids.discard(req_id)
-            self.prompt_logprobs.remove_request(req_id)
-            self.batch.remove_request(req_id)
-        resumed = so.scheduled_cached_reqs.resumed_req_ids
-        for req_id in list(self.batch.req_id_to_row):
-            # Unscheduled (or preempted) requests give their row back; they keep their state.
-            if req_id not in so.num_scheduled_tokens or req_id in resumed:
-                self.batch.remove_request(req_id)
-        for new in so.scheduled_new_reqs:
-            self._add_new_request(new)
-        self._update_cached_requests(so.scheduled_cached_reqs)
-
-    def _add_new_request(self, new) -> None:
-        params = new.sampling_params
-        seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**31))
-        state = RequestState(
-            req_id=new.req_id,
-            prompt_token_ids=list(new.prompt_token_ids),
-            output_token_ids=[],
-            sampling_params=params,
-            block_ids=list(new.block_ids[0]),
-            num_computed_tokens=new.num_computed_tokens,
-            seed=seed,
-        )
-        self.requests[new.req_id] = state
-        if _reads_token_history(params):
-            self._history_req_ids.add(new.req_id)
-        self.prompt_logprobs.add_request(new.req_id, params.prompt_logprobs)
-        self._add_to_batch(state)
-
     def _new_sampling_inputs(self) -> SamplingInputs:
         return SamplingInputs(
             self.max_num_reqs, self.vocab_size, self.config.max_model_len, self.device
         )
-
-    def _add_to_batch(self, state: RequestState) -> None:
-        row = self.batch.add_request(state)
-        self.sampling_inputs.set_request(row, state.sampling_params, state.seed)
-
-    def _update_cached_requests(self, cached) -> None:
-        for i, req_id in enumerate(cached.req_ids):
-            state = self.requests[req_id]
-            state.num_computed_tokens = cached.num_computed_tokens[i]
-            num_output_tokens = cached.num_output_tokens[i]
-            if len(state.output_token_ids) > num_output_tokens:
-                # The scheduler dropped tokens (a preempted request's in-flight output).
-                for output in self._unresolved:
-                    output.forget(req_id, num_output_tokens)
-            del state.output_token_ids[num_output_tokens:]
-            new_blocks = cached.new_block_ids[i]
-            row = self.batch.req_id_to_row.get(req_id)
-            if req_id in cached.resumed_req_ids:
-                state.block_ids = list(new_blocks[0])
-            elif new_blocks is not None:
-                state.block_ids.extend(new_blocks[0])
-            if row is None:
-                self._add_to_batch(state)
-                continue
-            self.batch.num_computed_tokens[row] = state.num_computed_tokens
-            self.batch.num_tokens[row] = state.num_tokens
-            if new_blocks is not None:
-                self.batch.append_blocks(row, new_blocks[0])
-
-
-def _reads_token_history(params) -> bool:
-    """Whether sampling reads the request's earlier tokens, not just their count."""
-    penalized = (
-        params.presence_penalty != 0
-        or params.frequency_penalty != 0
-        or params.repetition_penalty != 1
-    )
-    return penalized or bool(params.bad_words_token_ids)
 
 
 def _idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
