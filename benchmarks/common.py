@@ -8,6 +8,7 @@ against the XLA plugin. Data: none kept; every function is pure or reads the eng
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import platform
@@ -17,6 +18,22 @@ from typing import Any
 
 # Bytes per element of the dtypes a benchmark may ask vLLM for (``--dtype``).
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The options both scripts give the engine or the MBU: KV size, async scheduling, bandwidth."""
+    p.add_argument("--kv-cache-gib", type=float, help="fixed KV-cache size (default: vLLM's)")
+    p.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        help="vLLM's async scheduling (default: vLLM's default, on in 0.32)",
+    )
+    p.add_argument("--copy-bandwidth", type=float, default=2.9e12, help="bytes/s (DESIGN §5)")
+
+
+def async_kwargs(args: argparse.Namespace) -> dict:
+    """``async_scheduling`` for ``LLM(...)`` when the command line sets it, else nothing."""
+    return {} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}
 
 
 def read_config(model_dir: str | pathlib.Path) -> dict:

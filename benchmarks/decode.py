@@ -46,13 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--max-num-batched-tokens", type=int, default=256)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--kv-cache-gib", type=float, help="fixed KV-cache size (default: vLLM's)")
-    p.add_argument(
-        "--async-scheduling",
-        action=argparse.BooleanOptionalAction,
-        help="vLLM's async scheduling (default: vLLM's default, on in 0.32)",
-    )
-    p.add_argument("--copy-bandwidth", type=float, default=2.9e12, help="bytes/s (DESIGN §5)")
+    common.add_engine_arguments(p)
     p.add_argument("--json", help="write results here")
     return p.parse_args()
 
@@ -104,7 +98,7 @@ def main() -> None:
         max_num_batched_tokens=args.max_num_batched_tokens,
         seed=0,
         kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
-        **({} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}),
+        **common.async_kwargs(args),
     )
     startup = {"engine_s": time.perf_counter() - t0, "checkpoint_write_s": write_s}
     rng = np.random.default_rng(0)

@@ -93,13 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--kv-cache-gib", type=float, help="fixed KV-cache size (default: vLLM's)")
-    p.add_argument(
-        "--async-scheduling",
-        action=argparse.BooleanOptionalAction,
-        help="vLLM's async scheduling (default: vLLM's default, on in 0.32)",
-    )
-    p.add_argument("--copy-bandwidth", type=float, default=2.9e12, help="bytes/s (DESIGN §5)")
+    common.add_engine_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write results here")
     p.add_argument("--startup-only", action="store_true", help=argparse.SUPPRESS)
@@ -149,11 +143,6 @@ def prepare_model(args: argparse.Namespace) -> tuple[str, str]:
     return model_dir, args.arch
 
 
-def async_kwargs(args: argparse.Namespace) -> dict:
-    """``async_scheduling`` for ``LLM(...)`` when the command line sets it, else nothing."""
-    return {} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}
-
-
 def start_engine(args: argparse.Namespace, model_dir: str):
     """``vllm.LLM`` with the engine arguments both backends share; returns it and its seconds."""
     from vllm import LLM
@@ -170,7 +159,7 @@ def start_engine(args: argparse.Namespace, model_dir: str):
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_cache_memory_bytes=kv_bytes,
         seed=args.seed,
-        **async_kwargs(args),
+        **common.async_kwargs(args),
     )
     return llm, time.perf_counter() - start
 
