@@ -96,8 +96,9 @@ def test_unsupported_request_option_is_refused_and_engine_keeps_serving(tiny_che
             "speculative decoding",
         ),
         (dict(pipeline_parallel_size=2), "pipeline parallelism"),
+        (dict(logprobs_mode="processed_logprobs"), "--logprobs-mode other than raw_logprobs"),
     ],
-    ids=["lora", "speculative_decoding", "pipeline_parallel"],
+    ids=["lora", "speculative_decoding", "pipeline_parallel", "logprobs_mode"],
 )
 def test_unsupported_feature_fails_at_startup_naming_it(option, named, tiny_checkpoint):
     from vllm import LLM

@@ -173,6 +173,9 @@ def _reject_unsupported(vllm_config: VllmConfig) -> None:
         "quantized checkpoints": model is not None and model.quantization is not None,
         "a quantized KV cache (--kv-cache-dtype)": vllm_config.cache_config.cache_dtype
         not in ("auto", "bfloat16", "float16", "float32"),
+        # The sampler returns vLLM's default, log-softmax of the raw logits, only.
+        "--logprobs-mode other than raw_logprobs": model is not None
+        and model.logprobs_mode != "raw_logprobs",
     }
     names = [name for name, present in problems.items() if present]
     if names:
