@@ -31,9 +31,15 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copy-bandwidth", type=float, default=2.9e12, help="bytes/s (DESIGN §5)")
 
 
-def async_kwargs(args: argparse.Namespace) -> dict:
-    """``async_scheduling`` for ``LLM(...)`` when the command line sets it, else nothing."""
-    return {} if args.async_scheduling is None else {"async_scheduling": args.async_scheduling}
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """``LLM(...)`` arguments from :func:`add_engine_arguments`'s options: the fixed KV size
+    (``None``: vLLM's budget) and ``async_scheduling`` when the command line sets it."""
+    kwargs = {
+        "kv_cache_memory_bytes": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None
+    }
+    if args.async_scheduling is not None:
+        kwargs["async_scheduling"] = args.async_scheduling
+    return kwargs
 
 
 def read_config(model_dir: str | pathlib.Path) -> dict:

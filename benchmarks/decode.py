@@ -97,8 +97,7 @@ def main() -> None:
         max_num_seqs=max(args.batch_sizes),
         max_num_batched_tokens=args.max_num_batched_tokens,
         seed=0,
-        kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
-        **common.async_kwargs(args),
+        **common.engine_kwargs(args),
     )
     startup = {"engine_s": time.perf_counter() - t0, "checkpoint_write_s": write_s}
     rng = np.random.default_rng(0)

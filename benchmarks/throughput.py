@@ -147,7 +147,6 @@ def start_engine(args: argparse.Namespace, model_dir: str):
     """``vllm.LLM`` with the engine arguments both backends share; returns it and its seconds."""
     from vllm import LLM
 
-    kv_bytes = int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None
     start = time.perf_counter()
     llm = LLM(
         model=model_dir,
@@ -157,9 +156,8 @@ def start_engine(args: argparse.Namespace, model_dir: str):
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        kv_cache_memory_bytes=kv_bytes,
         seed=args.seed,
-        **common.async_kwargs(args),
+        **common.engine_kwargs(args),
     )
     return llm, time.perf_counter() - start
 
