@@ -9,6 +9,7 @@
 #              (the GPU machine has no network, and the real weights are too large to carry);
 #   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
 #   decode     decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
+#   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
 #                    the checkpoint TP_MODEL, with TP_ARGS (e.g. "--workloads 128/128 --restart");
@@ -41,7 +42,8 @@ fi
 if [[ $stages == *" kernel "* ]]; then
 step "kernel: Triton kernel and torch op tests on the GPU"
 JAX_PLATFORMS=cuda timeout ${KERNEL_TIMEOUT:-300} python3 -P -m pytest -q -p no:cacheprovider \
-  tests/test_ragged_paged_attention_triton.py tests/test_torch_op.py > "$out/kernel_tests.log" 2>&1
+  tests/test_ragged_paged_attention_triton.py tests/test_torch_op.py ${KERNEL_K:+-k "$KERNEL_K"} \
+  > "$out/kernel_tests.log" 2>&1
 echo "kernel pytest exit $?"; grep -E "^FAILED|passed|failed" "$out/kernel_tests.log" | tail -8
 fi
 
