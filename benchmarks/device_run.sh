@@ -9,6 +9,8 @@
 #              (the GPU machine has no network, and the real weights are too large to carry);
 #   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
 #   decode     decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
+#   profile    benchmarks/profile_step.py for TP_ARCH (PROFILE_ARGS): device time per program,
+#              host profile; traces copied to $OUT (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -71,6 +73,17 @@ step "attention benchmark"
 timeout ${ATTN_TIMEOUT:-300} python3 benchmarks/attention.py ${ATTN_ARGS:-} --json "$out/attention.json" \
   > "$out/attention.log" 2>&1
 echo "attention exit $?"; grep -v "WARNING\|INFO" "$out/attention.log" | tail -14
+fi
+
+if [[ $stages == *" profile "* ]]; then
+step "profile: device time per program and host work per step"
+timeout ${PROFILE_TIMEOUT:-400} python3 benchmarks/profile_step.py --arch "${TP_ARCH:-llama-3.2-1b}" \
+  ${PROFILE_ARGS:-} --out /tmp/vxg-profile > "$out/profile.log" 2>&1
+echo "profile exit $?"; grep -v "WARNING\|INFO\|In-place" "$out/profile.log" | tail -${PROFILE_LINES:-120}
+for d in /tmp/vxg-profile/trace_b*; do
+  cp "$(find "$d" -name perfetto_trace.json.gz | head -1)" "$out/$(basename "$d").json.gz"
+done
+cp /tmp/vxg-profile/profile.json /tmp/vxg-profile/host_profile.txt "$out/" 2>/dev/null
 fi
 
 throughput() {  # $1 = xla | cuda; the environment is set by the caller

@@ -1,0 +1,177 @@
+"""Where a decode step's time goes: device kernels per compiled program, and host work.
+
+Starts ``vllm.LLM`` on this backend in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so the
+runner and its JAX client live in this process), then for each batch size:
+
+* traces a greedy generation with ``jax.profiler`` (a Perfetto trace, kept under ``--out``) and
+  sums it up: wall time per step, device busy time per step (the union of kernel intervals),
+  kernels per step, time per compiled program (XLA's module events) and the longest kernels;
+* at the first batch size, also profiles the host with ``cProfile`` (functions by own time).
+
+The engine options are ``throughput.py``'s (``--max-model-len 4096 --max-num-seqs 256
+--max-num-batched-tokens 8192``), so the steps are the ones that benchmark times.
+
+    python benchmarks/profile_step.py --arch llama-3.2-1b --batch-sizes 1 64 --out /tmp/prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import gzip
+import json
+import os
+import pathlib
+import pstats
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import common  # noqa: E402
+from architectures import ARCHITECTURES, write_random_checkpoint  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="llama-3.2-1b")
+    p.add_argument("--model", help="a checkpoint directory instead of --arch")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--dtype", default="bfloat16")
+    common.add_engine_arguments(p)
+    p.add_argument("--out", default="/tmp/vxg-profile", help="traces and the host profile")
+    return p.parse_args()
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Total length (in the intervals' unit) covered by at least one interval."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
+    """Device time per step from a Perfetto/Chrome trace written by ``jax.profiler``.
+
+    Device events are those of processes whose name mentions a GPU; XLA's module events (one
+    per program execution) are told apart from kernels by their thread's name."""
+    events = json.loads(gzip.open(path).read())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    names = {
+        (e["pid"], None): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    names.update(
+        {
+            (e["pid"], e.get("tid")): e["args"]["name"]
+            for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name"
+        }
+    )
+    device_pids = {pid for (pid, tid), n in names.items() if tid is None and "GPU" in n}
+    kernels, modules = [], collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") != "X" or e.get("pid") not in device_pids:
+            continue
+        thread = names.get((e["pid"], e.get("tid")), "")
+        if "Module" in thread:
+            modules[re.sub(r"\(\d+\)$", "", e["name"])].append(e["dur"])
+        elif "Op" not in thread and "Step" not in thread:
+            kernels.append((e["ts"], e["ts"] + e["dur"], e["name"]))
+    if not kernels:
+        return {
+            "error": f"no device kernels in {path.name}",
+            "threads": sorted(set(names.values())),
+        }
+    busy_us = union_seconds([(a, b) for a, b, _ in kernels])
+    window_us = max(b for _, b, _ in kernels) - min(a for a, _, _ in kernels)
+    per_kernel = collections.defaultdict(float)
+    counts = collections.Counter()
+    for a, b, name in kernels:
+        per_kernel[name[:80]] += b - a
+        counts[name[:80]] += 1
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "steps": num_steps,
+        "window_ms_per_step": window_us / num_steps / 1e3,
+        "device_busy_ms_per_step": busy_us / num_steps / 1e3,
+        "kernels_per_step": len(kernels) / num_steps,
+        "modules": {
+            name: {"count": len(d), "mean_ms": sum(d) / len(d) / 1e3}
+            for name, d in sorted(modules.items(), key=lambda kv: -sum(kv[1]))[:8]
+        },
+        "top_kernels": [
+            {"name": n, "ms_per_step": t / num_steps / 1e3, "count_per_step": counts[n] / num_steps}
+            for n, t in top
+        ],
+    }
+
+
+def traced_generate(llm, prompts, args, trace_dir: pathlib.Path) -> pathlib.Path:
+    import jax
+
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        common.timed_generate(llm, prompts, args.output_len)
+    return next(trace_dir.rglob("perfetto_trace.json.gz"))
+
+
+def host_profile(llm, prompts, args, out: pathlib.Path) -> None:
+    """cProfile of one generation; the 25 functions with most own time, printed and saved."""
+    profile = cProfile.Profile()
+    profile.runcall(common.timed_generate, llm, prompts, args.output_len)
+    with open(out / "host_profile.txt", "w") as f:
+        pstats.Stats(profile, stream=f).sort_stats("tottime").print_stats(40)
+    pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import numpy as np
+    from vllm import LLM
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model
+    if model is None:
+        model = os.path.join(tempfile.gettempdir(), f"vxg-{args.arch}")
+        write_random_checkpoint(args.arch, model)
+    llm = LLM(
+        model=model,
+        dtype=args.dtype,
+        skip_tokenizer_init=True,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        **common.engine_kwargs(args),
+    )
+    vocab = common.read_config(model)["vocab_size"]
+    rng = np.random.default_rng(0)
+    results = {}
+    for i, batch in enumerate(args.batch_sizes):
+        prompts = common.random_prompts(rng, batch, args.input_len, vocab)
+        common.timed_generate(llm, prompts, args.output_len)  # warm the host path
+        wall, _ = common.timed_generate(llm, prompts, args.output_len)
+        trace = traced_generate(llm, prompts, args, out / f"trace_b{batch}")
+        summary = summarize_trace(trace, args.output_len)
+        summary["untraced_ms_per_token"] = wall / args.output_len * 1e3
+        results[batch] = summary
+        print(f"\n== batch {batch}: {json.dumps(summary, indent=1)}")
+        if i == 0:
+            host_profile(llm, prompts, args, out)
+    (out / "profile.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
