@@ -1,4 +1,5 @@
-"""``runner/transfer.py``: a pytree survives packing, one transfer and unpacking bit for bit."""
+"""``runner/transfer.py``: a pytree survives packing, the jitted call's transfer and unpacking
+bit for bit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
-from vllm_xla_gpu.runner.transfer import pack, to_device, unpack
+from vllm_xla_gpu.runner.transfer import pack, unpack
 
 
 def sample_tree(rng: np.random.Generator) -> dict:
@@ -34,8 +35,8 @@ def sample_tree(rng: np.random.Generator) -> dict:
 
 def test_round_trip_under_jit_is_bit_exact() -> None:
     tree = sample_tree(np.random.default_rng(0))
-    words, big, packing = to_device(tree, jax.devices()[0])
-    assert words.dtype == jnp.uint32 and words.ndim == 1
+    words, big, packing = pack(tree)  # numpy: jit moves it to the device, as the runner does
+    assert words.dtype == np.uint32 and words.ndim == 1
     assert len(big) == 3  # table, constant, block_tables
     out = jax.jit(unpack, static_argnums=2)(words, big, packing)
     for expected, got in zip(jax.tree.leaves(tree), jax.tree.leaves(out), strict=True):

@@ -94,9 +94,10 @@ class InputBatch:
         self.block_table[row, start : start + len(block_ids)] = block_ids
         self.num_blocks[row] = start + len(block_ids)
 
-    def append_token(self, row: int, token_id: int) -> None:
-        """Record a sampled token (dropped past the row's capacity: the request ends there)."""
-        n = self.num_tokens[row]
-        if n < self.token_ids.shape[1]:
-            self.token_ids[row, n] = token_id
-        self.num_tokens[row] = n + 1
+    def append_tokens(self, rows: np.ndarray, token_id: int) -> None:
+        """Record one sampled token in each of ``rows`` (distinct rows; a token past a row's
+        capacity is dropped: the request ends there)."""
+        n = self.num_tokens[rows]
+        fits = n < self.token_ids.shape[1]
+        self.token_ids[rows[fits], n[fits]] = token_id
+        self.num_tokens[rows] = n + 1

@@ -60,7 +60,7 @@ from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
 from vllm_xla_gpu.runner.request_states import RequestStatesMixin
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
-from vllm_xla_gpu.runner.transfer import Packing, pack, to_device, unpack
+from vllm_xla_gpu.runner.transfer import Packing, pack, unpack
 from vllm_xla_gpu.sample.logprobs import TopLogprobs
 from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
 from vllm_xla_gpu.sample.prompt_logprobs import PromptLogprobsState, prompt_top_logprobs
@@ -240,7 +240,7 @@ class XlaGpuModelRunner(RequestStatesMixin):
     def _warm_up_tokens(self, num_tokens: int) -> None:
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
         hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, self._no_prev_sampled, *to_device(inputs, self.device)
+            self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs)
         )
         jax.block_until_ready(hidden)
         self._hidden_template = hidden
@@ -248,9 +248,7 @@ class XlaGpuModelRunner(RequestStatesMixin):
 
     def _warm_up_requests(self, num_reqs: int) -> None:
         md = _idle_metadata(self.sampling_inputs, num_reqs)
-        jax.block_until_ready(
-            self._sample_step(self.params, self._hidden_template, *to_device(md, self.device))
-        )
+        jax.block_until_ready(self._sample_step(self.params, self._hidden_template, *pack(md)))
 
     def _warm_up_prompt_logprobs(self, num_tokens: int) -> None:
         hidden_all = self._hidden_all_templates.pop(num_tokens)
@@ -273,7 +271,7 @@ class XlaGpuModelRunner(RequestStatesMixin):
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
         prev_sampled = self._link_prev_sampled(inputs, req_ids, rows, num_scheduled)
         hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, prev_sampled, *to_device(inputs, self.device)
+            self.params, self.kv_caches, prev_sampled, *pack(inputs)
         )
         self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden, hidden_all)
         return None
@@ -298,7 +296,7 @@ class XlaGpuModelRunner(RequestStatesMixin):
         md = self.sampling_inputs.to_metadata(
             step.rows, history, pad_to_bucket(num_reqs, self.request_buckets), bitmask
         )
-        out, padded_ids = self._sample_step(self.params, step.hidden, *to_device(md, self.device))
+        out, padded_ids = self._sample_step(self.params, step.hidden, *pack(md))
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
         self._prev_sampled = PrevSampled(
@@ -346,12 +344,13 @@ class XlaGpuModelRunner(RequestStatesMixin):
         computed = self.batch.num_computed_tokens[step.rows] + step.num_scheduled
         sampled = computed >= self.batch.num_tokens[step.rows]
         placeholders = []
-        for i in np.flatnonzero(sampled).tolist():
-            req_id, row = step.req_ids[i], int(step.rows[i])
+        indices = np.flatnonzero(sampled)
+        for i in indices.tolist():
+            req_id = step.req_ids[i]
             output_token_ids = self.requests[req_id].output_token_ids
             placeholders.append(Placeholder(req_id, len(output_token_ids), i))
             output_token_ids.append(-1)
-            self.batch.append_token(row, -1)
+        self.batch.append_tokens(step.rows[indices], -1)
         return sampled, placeholders
 
     def _fill_placeholders(

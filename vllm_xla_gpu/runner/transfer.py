@@ -6,7 +6,11 @@ its own transfer, and every transfer costs host time on the step's critical path
 decode on XLA:CPU put ``device_put`` at about half of the runner's host time, 23 leaves a step).
 Here the 0- and 1-D leaves are laid end to end as 32-bit words in one ``uint32`` buffer on the
 host, moved in one transfer, and sliced apart again *inside* the jitted step, where the slices
-and bit casts fuse into their consumers and cost nothing. Leaves of two or more dimensions
+and bit casts fuse into their consumers and cost nothing. The runner hands the packed numpy
+buffers straight to the jitted function: jit's C++ dispatch moves numpy arguments to the
+program's device itself, cheaper than a Python ``jax.device_put`` first (0.2 ms a step less on
+XLA:CPU at batch 1). Every buffer is freshly built per step and never written afterwards, as a
+transfer that may still be in flight requires. Leaves of two or more dimensions
 (block tables, token histories, bitmasks, which the sampler may also hand over as device
 constants) travel as they are.
 
@@ -83,10 +87,3 @@ def unpack(words: jax.Array, big: list[jax.Array], packing: Packing) -> Any:
             value = jax.lax.bitcast_convert_type(chunk, jnp.dtype(dtype))
         leaves.append(value.reshape(shape))
     return packing.treedef.unflatten(leaves)
-
-
-def to_device(tree: Any, device: jax.Device) -> tuple[jax.Array, list[jax.Array], Packing]:
-    """:func:`pack`, then move the buffer (one transfer) and the big leaves to ``device``."""
-    words, big, packing = pack(tree)
-    words, big = jax.device_put((words, big), device)
-    return words, big, packing

@@ -27,6 +27,7 @@ import dataclasses
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vllm_xla_gpu.sample import token_masks
@@ -307,10 +308,15 @@ class SamplingInputs:
         return out
 
     def _constant(self, shape: tuple[int, ...], dtype, value) -> jax.Array:
-        """A device array of ``value``, made once per shape and reused by every step."""
+        """A device array of ``value``, made once per shape and reused by every step.
+
+        Uncommitted (placed on the default device, which is the runner's): the same field of
+        another step may be a numpy array, which jit also treats as uncommitted, and both must
+        map to one compiled program."""
         key = (shape, np.dtype(dtype).name, value)
         if key not in self._constants:
-            self._constants[key] = jax.device_put(np.full(shape, value, dtype), self.device)
+            with jax.default_device(self.device):
+                self._constants[key] = jnp.asarray(np.full(shape, value, dtype))
         return self._constants[key]
 
 
