@@ -126,6 +126,18 @@ def write_random_checkpoint(
     return path
 
 
+def write_config_only(name: str, path: str | pathlib.Path) -> pathlib.Path:
+    """Save only the ``config.json`` of architecture ``name`` to ``path``: enough for vLLM's
+    ``load_format="dummy"``, which fills the weights with random values itself (no multi-GB
+    checkpoint to write and read for the largest architectures)."""
+    import transformers
+
+    path = pathlib.Path(path)
+    if not (path / "config.json").exists():
+        transformers.AutoConfig.for_model(**ARCHITECTURES[name]).save_pretrained(path)
+    return path
+
+
 def _numbers(arch: str | dict) -> dict:
     """The config numbers of ``arch``: a key of :data:`ARCHITECTURES` or a ``config.json`` dict."""
     a = dict(ARCHITECTURES[arch]) if isinstance(arch, str) else dict(arch)

@@ -46,6 +46,7 @@ from architectures import (  # noqa: E402
     ARCHITECTURES,
     kv_bytes_per_token,
     weight_bytes,
+    write_config_only,
     write_random_checkpoint,
 )
 
@@ -89,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restart", action="store_true", help="cold and warm start-up first")
     p.add_argument("--cache-dir", help="compilation caches for --restart (default: a new dir)")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument(
+        "--load-format",
+        choices=["auto", "dummy"],
+        default="auto",
+        help="dummy: --arch writes only config.json and vLLM makes random weights itself "
+        "(start-up's load time then excludes reading a checkpoint)",
+    )
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
@@ -139,7 +147,10 @@ def prepare_model(args: argparse.Namespace) -> tuple[str, str]:
     if args.model:
         return args.model, pathlib.Path(args.model).name
     model_dir = args.model_dir or os.path.join(tempfile.gettempdir(), f"vxg-{args.arch}")
-    write_random_checkpoint(args.arch, model_dir)
+    if args.load_format == "dummy":
+        write_config_only(args.arch, model_dir)
+    else:
+        write_random_checkpoint(args.arch, model_dir)
     return model_dir, args.arch
 
 
@@ -151,6 +162,7 @@ def start_engine(args: argparse.Namespace, model_dir: str):
     llm = LLM(
         model=model_dir,
         dtype=args.dtype,
+        load_format=args.load_format,
         skip_tokenizer_init=True,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
@@ -300,6 +312,7 @@ def finish(args, name, model_dir, startup, restart, rows, latency) -> None:
                 "max_num_batched_tokens",
                 "kv_cache_gib",
                 "async_scheduling",
+                "load_format",
             )
         }
         | {"gpu_memory_utilization": args.gpu_memory_utilization},
