@@ -134,7 +134,12 @@ def write_config_only(name: str, path: str | pathlib.Path) -> pathlib.Path:
 
     path = pathlib.Path(path)
     if not (path / "config.json").exists():
-        transformers.AutoConfig.for_model(**ARCHITECTURES[name]).save_pretrained(path)
+        config = transformers.AutoConfig.for_model(**ARCHITECTURES[name])
+        # What save_pretrained of the model would record; without it vLLM resolves the bare
+        # backbone (e.g. LlamaModel, a pooling model) instead of the causal LM.
+        model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        config.architectures = [model_class.__name__]
+        config.save_pretrained(path)
     return path
 
 
