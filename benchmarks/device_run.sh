@@ -80,8 +80,9 @@ step "profile: device time per program and host work per step"
 timeout ${PROFILE_TIMEOUT:-400} python3 benchmarks/profile_step.py --arch "${TP_ARCH:-llama-3.2-1b}" \
   ${PROFILE_ARGS:-} --out /tmp/vxg-profile > "$out/profile.log" 2>&1
 echo "profile exit $?"; grep -v "WARNING\|INFO\|In-place" "$out/profile.log" | tail -${PROFILE_LINES:-120}
-for d in /tmp/vxg-profile/trace_b*; do
-  cp "$(find "$d" -name perfetto_trace.json.gz | head -1)" "$out/$(basename "$d").json.gz"
+for d in /tmp/vxg-profile/trace_b*; do  # traces over 16 MiB would not come back
+  f=$(find "$d" -name perfetto_trace.json.gz -size -16M | head -1)
+  [ -n "$f" ] && cp "$f" "$out/$(basename "$d").json.gz"
 done
 cp /tmp/vxg-profile/profile.json /tmp/vxg-profile/host_profile.txt "$out/" 2>/dev/null
 fi

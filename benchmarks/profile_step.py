@@ -103,6 +103,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
         counts[name[:80]] += 1
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
     return {
+        "host_ms_per_step": host_functions(events, device_pids, num_steps),
         "steps": num_steps,
         "window_ms_per_step": window_us / num_steps / 1e3,
         "device_busy_ms_per_step": busy_us / num_steps / 1e3,
@@ -116,6 +117,28 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
             for n, t in top
         ],
     }
+
+
+# Host functions worth a line in the summary: the runner's step and vLLM's engine-core step.
+_HOST_FUNCTIONS = re.compile(
+    r"(execute_model|sample_tokens|get_output|_update_states|schedule|update_from_output"
+    r"|process_outputs|PjitFunction\(.*\)|device_put)$"
+)
+
+
+def host_functions(events: list, device_pids: set, num_steps: int) -> dict:
+    """Inclusive host time per step of the runner's and scheduler's main functions, from the
+    Python tracer's events (``$file:line name``) and JAX's dispatch events. Nested calls of one
+    name (e.g. the executor's and the runner's ``execute_model``) are reported separately."""
+    totals = collections.defaultdict(float)
+    for e in events:
+        if e.get("ph") != "X" or e.get("pid") in device_pids:
+            continue
+        name = e["name"].split(" ")[-1]
+        if _HOST_FUNCTIONS.search(name):
+            totals[e["name"][:70]] += e["dur"]
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:14]
+    return {name: us / num_steps / 1e3 for name, us in ranked}
 
 
 def traced_generate(llm, prompts, args, trace_dir: pathlib.Path) -> pathlib.Path:
