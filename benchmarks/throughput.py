@@ -145,13 +145,26 @@ def use_cache_dir(env: dict, cache_dir: str) -> None:
 def prepare_model(args: argparse.Namespace) -> tuple[str, str]:
     """Checkpoint directory and display name (writes the random checkpoint once)."""
     if args.model:
+        check_generative(args.model)
         return args.model, pathlib.Path(args.model).name
     model_dir = args.model_dir or os.path.join(tempfile.gettempdir(), f"vxg-{args.arch}")
     if args.load_format == "dummy":
         write_config_only(args.arch, model_dir)
     else:
         write_random_checkpoint(args.arch, model_dir)
+    check_generative(model_dir)
     return model_dir, args.arch
+
+
+def check_generative(model_dir: str) -> None:
+    """Stop early unless the checkpoint names a causal-LM class: vLLM resolves a bare backbone
+    (e.g. ``LlamaModel``) to a pooling model, and the generation below would then never end."""
+    architectures = common.read_config(model_dir).get("architectures") or []
+    if not any(a.endswith("ForCausalLM") for a in architectures):
+        sys.exit(
+            f"{model_dir}/config.json names {architectures or 'no architectures'}, not a "
+            "*ForCausalLM class; remove the directory to have it written again"
+        )
 
 
 def start_engine(args: argparse.Namespace, model_dir: str):
