@@ -5,8 +5,9 @@ Measures, on JAX's default device:
 * the limits: copy bandwidth (``x + 1`` over 2 GiB: bytes read + written per second) and the
   bf16 matmul rate (8192^3, FLOP/s);
 * **decode**: ``--decode-batch`` sequences (default 64) with contexts drawn uniformly from
-  ``--decode-contexts`` (default 2k-8k), one new token each; 32 query / 8 KV heads, head_dim
-  128, bf16, pages of 16 in random order. Reports KV bytes read per second (the real KV of
+  ``--decode-contexts`` (default 2k-8k), one new token each; ``--heads`` query heads, KV heads
+  and head_dim (default 32 / 8 / 128, Llama-3.1-8B's; Llama-3.2-1B's are 32 / 8 / 64), bf16,
+  pages of 16 in random order. Reports KV bytes read per second (the real KV of
   every sequence, K and V; padding excluded) and its share of the copy bandwidth;
 * **prefill**: one ``--prefill-len``-token prompt (default 8192), causal; reports FLOP/s
   (``4 * heads * head_dim * T (T + 1) / 2``) and its share of the matmul rate;
@@ -38,6 +39,7 @@ import numpy as np
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
 from vllm_xla_gpu.ops.ragged_paged_attention.registry import get_ragged_paged_attention
 
+# Query heads, KV heads and head_dim; --heads overrides them.
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 # Calls per timed round, each with its own fresh random q/k/v made before the round.
 CALLS_PER_ROUND = 4
@@ -51,6 +53,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prefill-len", type=int, default=8192)
     p.add_argument("--sweep", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--page-size", type=int, default=16)
+    p.add_argument(
+        "--heads",
+        type=int,
+        nargs=3,
+        default=[NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM],
+        metavar=("Q", "KV", "D"),
+        help="query heads, KV heads, head_dim",
+    )
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--reference-repeats", type=int, default=3, help="the reference is slow")
     p.add_argument(
@@ -59,6 +69,13 @@ def parse_args() -> argparse.Namespace:
         default=[],
         metavar="M,N,WARPS,STAGES",
         help="also time the Triton prefill with these block_m,block_n,num_warps,num_stages",
+    )
+    p.add_argument(
+        "--decode-configs",
+        nargs="*",
+        default=[],
+        metavar="M,N,WARPS,STAGES",
+        help="also time the Triton decode with these block_m,block_n,num_warps,num_stages",
     )
     p.add_argument("--json", help="write results here")
     return p.parse_args()
@@ -164,7 +181,9 @@ class Workload:
 
 
 def main() -> None:
+    global NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM  # one shape per run, read by Workload
     args = parse_args()
+    NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = args.heads
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     sizes = limit_sizes(jax.default_backend())
@@ -192,12 +211,11 @@ def main() -> None:
         rows.append(result_row(impl, decode_name, t, decode.kv_bytes_read, copy, "B/s"))
         t = prefill.seconds(impl, repeats)
         rows.append(result_row(impl, prefill_name, t, prefill.causal_flops, matmul, "FLOP/s"))
+    for spec in args.decode_configs:
+        t = decode.seconds("triton", args.repeats, config=parse_config(spec))
+        rows.append(result_row(f"triton {spec}", decode_name, t, decode.kv_bytes_read, copy, "B/s"))
     for spec in args.prefill_configs:
-        from vllm_xla_gpu.ops.ragged_paged_attention.triton_gpu import KernelConfig
-
-        m, n, warps, stages = map(int, spec.split(","))
-        cfg = KernelConfig(m // (NUM_Q_HEADS // NUM_KV_HEADS), m, n, warps, stages)
-        t = prefill.seconds("triton", args.repeats, config=cfg)
+        t = prefill.seconds("triton", args.repeats, config=parse_config(spec))
         rows.append(
             result_row(f"triton {spec}", prefill_name, t, prefill.causal_flops, matmul, "FLOP/s")
         )
@@ -228,6 +246,15 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def parse_config(spec: str):
+    """``M,N,WARPS,STAGES`` as the Triton kernel's ``KernelConfig`` (query rows per tile ``M``
+    cover ``M / group`` tokens of one request)."""
+    from vllm_xla_gpu.ops.ragged_paged_attention.triton_gpu import KernelConfig
+
+    m, n, warps, stages = map(int, spec.split(","))
+    return KernelConfig(max(1, m // (NUM_Q_HEADS // NUM_KV_HEADS)), m, n, warps, stages)
 
 
 def result_row(impl: str, workload: str, seconds: float, amount: float, limit: float, unit: str):
