@@ -252,7 +252,7 @@ class XlaGpuModelRunner(RequestStatesMixin):
 
     def _warm_up_prompt_logprobs(self, num_tokens: int) -> None:
         hidden_all = self._hidden_all_templates.pop(num_tokens)
-        targets = jax.device_put(np.zeros(num_tokens, np.int32), self.device)
+        targets = np.zeros(num_tokens, np.int32)  # numpy, as in serving: one program for both
         jax.block_until_ready(self._prompt_logprobs_step(self.params, hidden_all, targets))
 
     # ---- per step -------------------------------------------------------------------------
@@ -330,9 +330,8 @@ class XlaGpuModelRunner(RequestStatesMixin):
             return {}
         prompts = [self.requests[c.req_id].prompt_token_ids for c in chunks]
         targets = self.prompt_logprobs.targets(chunks, prompts, step.hidden_all.shape[0])
-        top = self._prompt_logprobs_step(
-            self.params, step.hidden_all, jax.device_put(targets, self.device)
-        )
+        # numpy straight to jit: its transfer does not wait for the running step
+        top = self._prompt_logprobs_step(self.params, step.hidden_all, targets)
         return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
     def _add_placeholders(self, step: _PendingStep) -> tuple[np.ndarray, list[Placeholder]]:

@@ -3,7 +3,8 @@
 A step runs the scheduled tokens of several requests as one flat, ragged token axis. Everything
 here is computed on the host and padded to the step's token bucket (tokens) and to
 ``max_num_reqs`` (per-request rows), so the traced program only ever sees bucketed shapes; the
-result goes to the device in one ``jax.device_put``.
+result goes to the device packed in one buffer (``runner/transfer.py``), handed to the jitted
+step as numpy.
 
 Example: requests A (3 computed, 2 scheduled) and B (decode: 7 computed, 1 scheduled), token
 bucket 4 ->  ``query_start_loc = [0, 2, 3, 3, ...]``, ``positions = [3, 4, 7, 0]``,

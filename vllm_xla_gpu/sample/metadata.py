@@ -7,7 +7,8 @@ per persistent-batch row (``max_num_reqs`` rows), from the moment a request gets
   request is added and reset by ``clear``.
 * :meth:`SamplingInputs.to_metadata` gathers the rows of one step, in output order, and pads them
   to the step's request bucket with greedy rows; the result is a :class:`SamplingMetadata` that goes
-  to the device in one ``jax.device_put`` and into the jitted sampler (``sample/sampler.py``).
+  to the device packed in one buffer (``runner/transfer.py``) and into the jitted sampler
+  (``sample/sampler.py``).
 
 Every field is array data of a shape fixed by the request bucket: which options a request uses
 never changes the compiled program. The large fields (the token history that penalties count,
@@ -74,8 +75,8 @@ _DTYPES = {
 class SamplingMetadata:
     """Sampling parameters of one step's requests, one row per request of the request bucket.
 
-    Built on the host (:meth:`SamplingInputs.to_metadata`) and moved with one
-    ``jax.device_put``; inside ``jax.jit`` the fields are traced arrays.
+    Built on the host (:meth:`SamplingInputs.to_metadata`) and moved by the packed transfer of
+    ``runner/transfer.py``; inside ``jax.jit`` the fields are traced arrays.
 
     Attributes:
         temperature: softmax temperature; below :data:`SAMPLING_EPS` (0 in practice) the row is
