@@ -27,7 +27,8 @@ def test_current_platform_is_xla_gpu():
     assert current_platform.is_out_of_tree()
 
 
-def test_varied_workload_compiles_nothing_after_warmup(tiny_checkpoint):
+def test_varied_workload_compiles_nothing_after_warmup(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("VLLM_XLA_GPU_COMPILE_THREADS", "2")  # the threaded start-up path
     rng = np.random.default_rng(4)
     with make_llm(tiny_checkpoint("llama"), max_num_batched_tokens=64) as llm:
         for batch, low, high, max_tokens in [
@@ -57,6 +58,14 @@ def test_varied_workload_compiles_nothing_after_warmup(tiny_checkpoint):
             ]
             llm.generate(_tokens_prompts(prompts), params)
         assert compiles_since_warmup(llm) == 0
+        # Start-up compiled every program ahead on two threads, and the warm-up run of each
+        # reused that compilation instead of compiling again.
+        assert llm.collective_rpc(_startup_compile_stats)[0] == (0, 2)
+
+
+def _startup_compile_stats(worker) -> tuple[int, int]:
+    runner = worker.model_runner
+    return runner.warm_up_recompiles, runner.compile_threads()
 
 
 def test_too_long_prompt_is_refused_and_engine_keeps_serving(tiny_checkpoint):

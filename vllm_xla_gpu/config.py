@@ -6,18 +6,21 @@ else in the package looks at ``os.environ``.
 
 Environment variables (all optional):
 
-==============================  ===============================================================
-``VLLM_XLA_GPU_DISABLE``        ``1`` turns the plugin off: vLLM uses its built-in platform.
-``VLLM_XLA_GPU_ATTENTION``      ``auto`` (default) | ``reference``: ragged paged attention impl.
-``VLLM_XLA_GPU_CACHE_DIR``      JAX persistent compilation cache (default
-                                ``~/.cache/vllm_xla_gpu/jax``); ``off`` disables it.
-``VLLM_XLA_GPU_MIN_TOKENS``     smallest token bucket (default 16).
-``VLLM_XLA_GPU_PRECOMPILE``     ``0`` skips compiling every bucket at start-up (debug only:
-                                serving then compiles on first use of each shape).
-``VLLM_XLA_GPU_CACHE``          root of converted checkpoints (default ``~/.cache/vllm_xla_gpu``).
-``VLLM_XLA_GPU_CPU_KV_BYTES``   KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
-                                not given (default 1 GiB).
-==============================  ===============================================================
+==================================  ===============================================================
+``VLLM_XLA_GPU_DISABLE``            ``1`` turns the plugin off: vLLM uses its built-in platform.
+``VLLM_XLA_GPU_ATTENTION``          ``auto`` (default), ``triton`` or ``reference``: attention op.
+``VLLM_XLA_GPU_CACHE_DIR``          JAX persistent compilation cache (default
+                                    ``~/.cache/vllm_xla_gpu/jax``); ``off`` disables it.
+``VLLM_XLA_GPU_MIN_TOKENS``         smallest token bucket (default 16).
+``VLLM_XLA_GPU_PRECOMPILE``         ``0`` skips compiling every bucket at start-up (debug only:
+                                    serving then compiles on first use of each shape).
+``VLLM_XLA_GPU_COMPILE_THREADS``    programs compiled at once at start-up (default: up to 4 on
+                                    XLA:CPU, 1 on a GPU).
+``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
+                                    ``~/.cache/vllm_xla_gpu``).
+``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
+                                    not given (default 1 GiB).
+==================================  ===============================================================
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class XlaGpuConfig:
         compilation_cache_dir: JAX persistent compilation cache directory, or None.
         min_token_bucket: smallest padded token count of a step.
         precompile: compile every bucket at start-up.
+        compile_threads: start-up compilations in flight at once; 0 = the runner's default
+            for the device.
         cpu_kv_cache_bytes: KV-cache budget on XLA:CPU when vLLM gives none.
         max_num_batched_tokens: vLLM's per-step token budget (largest token bucket).
         max_num_seqs: vLLM's per-step request limit (largest request bucket).
@@ -75,6 +80,7 @@ class XlaGpuConfig:
     compilation_cache_dir: str | None
     min_token_bucket: int
     precompile: bool
+    compile_threads: int
     cpu_kv_cache_bytes: int
     max_num_batched_tokens: int
     max_num_seqs: int
@@ -90,6 +96,7 @@ class XlaGpuConfig:
             compilation_cache_dir=default_compilation_cache_dir(),
             min_token_bucket=int(_env("MIN_TOKENS", "16")),
             precompile=_env("PRECOMPILE", "1") != "0",
+            compile_threads=int(_env("COMPILE_THREADS", "0")),
             cpu_kv_cache_bytes=kv_bytes
             or int(_env("CPU_KV_BYTES", str(DEFAULT_CPU_KV_CACHE_BYTES))),
             max_num_batched_tokens=sched.max_num_batched_tokens,

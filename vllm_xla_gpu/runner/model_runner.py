@@ -25,6 +25,7 @@ the compile guard that proves serving compiles nothing.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -56,8 +57,9 @@ from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_
 from vllm_xla_gpu.ops.torch_op import register_torch_op
 from vllm_xla_gpu.runner.async_output import AsyncXlaModelRunnerOutput, Placeholder, PrevSampled
 from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
-from vllm_xla_gpu.runner.compile_guard import CompileGuard
+from vllm_xla_gpu.runner.compile_guard import CompileCounter, CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
+from vllm_xla_gpu.runner.precompile import WarmUpCall, compile_ahead
 from vllm_xla_gpu.runner.request_states import RequestStatesMixin
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
 from vllm_xla_gpu.runner.transfer import Packing, pack, unpack
@@ -111,7 +113,6 @@ class XlaGpuModelRunner(RequestStatesMixin):
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         self.prompt_logprobs = PromptLogprobsState()
         self.vocab_size = vllm_config.model_config.get_vocab_size()
-        self._hidden_all_templates: dict[int, jax.Array] = {}
         self._pending: _PendingStep | None = None
         self._seed_rng = np.random.default_rng(vllm_config.model_config.seed)
         # Async scheduling (runner/async_output.py): the last step's sampled ids on the device,
@@ -211,20 +212,34 @@ class XlaGpuModelRunner(RequestStatesMixin):
         return sum(_scratch(lowered) for lowered in programs) + largest_weight
 
     def precompile(self) -> float:
-        """Compile ``model_step`` for every token bucket and ``sample_step`` for every request
-        bucket, with a progress bar; then arm the compile guard. Returns the seconds spent."""
+        """Compile ``model_step`` for every token bucket, ``sample_step`` for every request
+        bucket and ``prompt_logprobs_step`` for every token bucket, with a progress bar, and run
+        each once; then arm the compile guard. Returns the seconds spent.
+
+        Programs are lowered one at a time and compiled on ``compile_threads`` threads
+        (``runner/precompile.py``); the sampler's lowering needs a model step's output, so the
+        model steps go first."""
         start = time.perf_counter()
+        self.warm_up_recompiles = 0
         if self.config.precompile:
-            shapes = [("tokens", n) for n in self.token_buckets]
-            shapes += [("requests", n) for n in self.request_buckets]
-            shapes += [("prompt_logprobs", n) for n in self.token_buckets]
-            warm_up = {
-                "tokens": self._warm_up_tokens,
-                "requests": self._warm_up_requests,
-                "prompt_logprobs": self._warm_up_prompt_logprobs,
-            }
-            for kind, n in tqdm(shapes, desc="Compiling XLA buckets", unit="program"):
-                warm_up[kind](n)
+            threads = self.compile_threads()
+            total = 2 * len(self.token_buckets) + len(self.request_buckets)
+            with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
+                model_calls = [self._model_step_call(n) for n in self.token_buckets]
+                compile_ahead(model_calls, threads, bar.update)
+                outputs = self._run_warm_ups(model_calls)
+                self._hidden_template = outputs[-1][0]
+                sampler_calls = [self._sample_step_call(n) for n in self.request_buckets]
+                sampler_calls += [
+                    self._prompt_logprobs_call(hidden_all) for _, _, hidden_all in outputs
+                ]
+                del outputs
+                compile_ahead(sampler_calls, threads, bar.update)
+                self._run_warm_ups(sampler_calls)
+            if self.warm_up_recompiles:
+                logger.warning(
+                    "%d programs compiled again at their warm-up run", self.warm_up_recompiles
+                )
         self.compile_guard.mark_warmed_up()
         self.compile_seconds = time.perf_counter() - start
         logger.info(
@@ -237,23 +252,44 @@ class XlaGpuModelRunner(RequestStatesMixin):
         )
         return self.compile_seconds
 
-    def _warm_up_tokens(self, num_tokens: int) -> None:
+    def compile_threads(self) -> int:
+        """Compilations in flight at start-up: ``VLLM_XLA_GPU_COMPILE_THREADS``, else up to 4
+        on XLA:CPU and 1 on a GPU (concurrent compiles there would autotune kernels side by side
+        on one device, beside the KV cache; not measured yet)."""
+        if self.config.compile_threads:
+            return self.config.compile_threads
+        return min(4, os.cpu_count() or 1) if self.device.platform == "cpu" else 1
+
+    def _run_warm_ups(self, calls: list[WarmUpCall]) -> list:
+        """Run each compiled-ahead call once, in order; count compilations they still needed.
+
+        The model steps donate the KV caches, so each takes the caches the previous returned."""
+        before = CompileCounter.compiles
+        outputs = []
+        for call in calls:
+            if call.fn is self._model_step:
+                call.args = (call.args[0], self.kv_caches, *call.args[2:])
+                out = call.run()
+                self.kv_caches = out[1]
+            else:
+                out = call.run()
+            outputs.append(jax.block_until_ready(out))
+        self.warm_up_recompiles += CompileCounter.compiles - before
+        return outputs
+
+    def _model_step_call(self, num_tokens: int) -> WarmUpCall:
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
-        hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs)
-        )
-        jax.block_until_ready(hidden)
-        self._hidden_template = hidden
-        self._hidden_all_templates[num_tokens] = hidden_all
+        args = (self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs))
+        return WarmUpCall(self._model_step, args)
 
-    def _warm_up_requests(self, num_reqs: int) -> None:
+    def _sample_step_call(self, num_reqs: int) -> WarmUpCall:
         md = _idle_metadata(self.sampling_inputs, num_reqs)
-        jax.block_until_ready(self._sample_step(self.params, self._hidden_template, *pack(md)))
+        return WarmUpCall(self._sample_step, (self.params, self._hidden_template, *pack(md)))
 
-    def _warm_up_prompt_logprobs(self, num_tokens: int) -> None:
-        hidden_all = self._hidden_all_templates.pop(num_tokens)
-        targets = np.zeros(num_tokens, np.int32)  # numpy, as in serving: one program for both
-        jax.block_until_ready(self._prompt_logprobs_step(self.params, hidden_all, targets))
+    def _prompt_logprobs_call(self, hidden_all: jax.Array) -> WarmUpCall:
+        # numpy targets, as in serving: one program for both
+        targets = np.zeros(hidden_all.shape[0], np.int32)
+        return WarmUpCall(self._prompt_logprobs_step, (self.params, hidden_all, targets))
 
     # ---- per step -------------------------------------------------------------------------
 
