@@ -25,7 +25,6 @@ the compile guard that proves serving compiles nothing.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import jax
@@ -33,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 import torchax
 from torchax.ops.mappings import t2j_dtype
-from tqdm import tqdm
 from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.config.vllm import get_layers_from_vllm_config
 from vllm.forward_context import set_forward_context
@@ -57,9 +55,9 @@ from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_
 from vllm_xla_gpu.ops.torch_op import register_torch_op
 from vllm_xla_gpu.runner.async_output import AsyncXlaModelRunnerOutput, Placeholder, PrevSampled
 from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
-from vllm_xla_gpu.runner.compile_guard import CompileCounter, CompileGuard
+from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
-from vllm_xla_gpu.runner.precompile import WarmUpCall, compile_ahead
+from vllm_xla_gpu.runner.precompile import PrecompileMixin, idle_metadata
 from vllm_xla_gpu.runner.request_states import RequestStatesMixin
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
 from vllm_xla_gpu.runner.transfer import Packing, pack, unpack
@@ -85,7 +83,7 @@ class _PendingStep:
     hidden_all: jax.Array  # [num_tokens_padded, hidden_size] every token's (prompt logprobs)
 
 
-class XlaGpuModelRunner(RequestStatesMixin):
+class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
     """Persistent batch, shape buckets, compiled step and sampler for one JAX device.
 
     Args:
@@ -202,7 +200,7 @@ class XlaGpuModelRunner(RequestStatesMixin):
         prev = jax.ShapeDtypeStruct((self.max_num_reqs,), jnp.int32, sharding=sharding)
         model_step = self._model_step.lower(self.params, kv, prev, *pack(inputs))
         hidden = model_step.out_info[0]
-        md = _idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
+        md = idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(self.params, hidden, *pack(md))
         hidden_all = model_step.out_info[2]
         targets = jax.ShapeDtypeStruct((hidden_all.shape[0],), jnp.int32, sharding=sharding)
@@ -210,86 +208,6 @@ class XlaGpuModelRunner(RequestStatesMixin):
         programs = (model_step, sample_step, prompt_step)
         largest_weight = max(x.nbytes for x in jax.tree.leaves(self.params))
         return sum(_scratch(lowered) for lowered in programs) + largest_weight
-
-    def precompile(self) -> float:
-        """Compile ``model_step`` for every token bucket, ``sample_step`` for every request
-        bucket and ``prompt_logprobs_step`` for every token bucket, with a progress bar, and run
-        each once; then arm the compile guard. Returns the seconds spent.
-
-        Programs are lowered one at a time and compiled on ``compile_threads`` threads
-        (``runner/precompile.py``); the sampler's lowering needs a model step's output, so the
-        model steps go first."""
-        start = time.perf_counter()
-        self.warm_up_recompiles = 0
-        if self.config.precompile:
-            threads = self.compile_threads()
-            total = 2 * len(self.token_buckets) + len(self.request_buckets)
-            with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
-                model_calls = [self._model_step_call(n) for n in self.token_buckets]
-                compile_ahead(model_calls, threads, bar.update)
-                outputs = self._run_warm_ups(model_calls)
-                self._hidden_template = outputs[-1][0]
-                sampler_calls = [self._sample_step_call(n) for n in self.request_buckets]
-                sampler_calls += [
-                    self._prompt_logprobs_call(hidden_all) for _, _, hidden_all in outputs
-                ]
-                del outputs
-                compile_ahead(sampler_calls, threads, bar.update)
-                self._run_warm_ups(sampler_calls)
-            if self.warm_up_recompiles:
-                logger.warning(
-                    "%d programs compiled again at their warm-up run", self.warm_up_recompiles
-                )
-        self.compile_guard.mark_warmed_up()
-        self.compile_seconds = time.perf_counter() - start
-        logger.info(
-            "Compiled %d token buckets %s and %d request buckets %s in %.1f s",
-            len(self.token_buckets),
-            self.token_buckets,
-            len(self.request_buckets),
-            self.request_buckets,
-            self.compile_seconds,
-        )
-        return self.compile_seconds
-
-    def compile_threads(self) -> int:
-        """Compilations in flight at start-up: ``VLLM_XLA_GPU_COMPILE_THREADS``, else up to 4
-        on XLA:CPU and 1 on a GPU (concurrent compiles there would autotune kernels side by side
-        on one device, beside the KV cache; not measured yet)."""
-        if self.config.compile_threads:
-            return self.config.compile_threads
-        return min(4, os.cpu_count() or 1) if self.device.platform == "cpu" else 1
-
-    def _run_warm_ups(self, calls: list[WarmUpCall]) -> list:
-        """Run each compiled-ahead call once, in order; count compilations they still needed.
-
-        The model steps donate the KV caches, so each takes the caches the previous returned."""
-        before = CompileCounter.compiles
-        outputs = []
-        for call in calls:
-            if call.fn is self._model_step:
-                call.args = (call.args[0], self.kv_caches, *call.args[2:])
-                out = call.run()
-                self.kv_caches = out[1]
-            else:
-                out = call.run()
-            outputs.append(jax.block_until_ready(out))
-        self.warm_up_recompiles += CompileCounter.compiles - before
-        return outputs
-
-    def _model_step_call(self, num_tokens: int) -> WarmUpCall:
-        inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
-        args = (self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs))
-        return WarmUpCall(self._model_step, args)
-
-    def _sample_step_call(self, num_reqs: int) -> WarmUpCall:
-        md = _idle_metadata(self.sampling_inputs, num_reqs)
-        return WarmUpCall(self._sample_step, (self.params, self._hidden_template, *pack(md)))
-
-    def _prompt_logprobs_call(self, hidden_all: jax.Array) -> WarmUpCall:
-        # numpy targets, as in serving: one program for both
-        targets = np.zeros(hidden_all.shape[0], np.int32)
-        return WarmUpCall(self._prompt_logprobs_step, (self.params, hidden_all, targets))
 
     # ---- per step -------------------------------------------------------------------------
 
@@ -504,13 +422,6 @@ class XlaGpuModelRunner(RequestStatesMixin):
         return SamplingInputs(
             self.max_num_reqs, self.vocab_size, self.config.max_model_len, self.device
         )
-
-
-def _idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
-    """Sampling metadata of a step without requests (warm-up and memory analysis)."""
-    empty = np.zeros(0, np.int32)
-    history = TokenHistory(np.zeros((0, inputs.max_model_len), np.int32), empty, empty)
-    return inputs.to_metadata(empty, history, num_reqs_padded)
 
 
 def _kv_cache_shape(spec: AttentionSpec, num_blocks: int) -> tuple[int, ...]:

@@ -1,6 +1,10 @@
 """Start-up compilation of the step programs: lowered one at a time, compiled in parallel.
 
-The runner compiles every bucket's program before serving (DESIGN.md §4). Each program costs
+:class:`PrecompileMixin` is the runner's start-up part (a mixin, like
+``runner/request_states.py``): it compiles every bucket's program before serving and runs each
+once, then arms the compile guard (DESIGN.md §4).
+
+Each program costs
 two things: *lowering* (tracing vLLM's model through torchax into a jaxpr, then StableHLO) and
 XLA's *compilation* of the lowered module. Lowering must stay on one thread: it runs vLLM's model
 code under process-wide state (vLLM's forward context and current config, torchax's
@@ -16,9 +20,23 @@ arguments of its warm-up run, so that the lowering and the run cannot drift apar
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+from vllm.logger import init_logger
+
+from vllm_xla_gpu.runner.compile_guard import CompileCounter
+from vllm_xla_gpu.runner.step_inputs import dummy_step_inputs
+from vllm_xla_gpu.runner.transfer import pack
+from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
+
+logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
 
 @dataclasses.dataclass
@@ -58,3 +76,94 @@ def compile_ahead(
         for future in as_completed([pool.submit(program.compile) for program in lowered]):
             future.result()  # re-raises a compilation error here
             on_compiled()
+
+
+class PrecompileMixin:
+    """Start-up compilation of ``XlaGpuModelRunner`` (see the module docstring)."""
+
+    def precompile(self) -> float:
+        """Compile ``model_step`` for every token bucket, ``sample_step`` for every request
+        bucket and ``prompt_logprobs_step`` for every token bucket, with a progress bar, and run
+        each once; then arm the compile guard. Returns the seconds spent.
+
+        Programs are lowered one at a time and compiled on ``compile_threads`` threads
+        (``runner/precompile.py``); the sampler's lowering needs a model step's output, so the
+        model steps go first."""
+        start = time.perf_counter()
+        self.warm_up_recompiles = 0
+        if self.config.precompile:
+            threads = self.compile_threads()
+            total = 2 * len(self.token_buckets) + len(self.request_buckets)
+            with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
+                model_calls = [self._model_step_call(n) for n in self.token_buckets]
+                compile_ahead(model_calls, threads, bar.update)
+                outputs = self._run_warm_ups(model_calls)
+                self._hidden_template = outputs[-1][0]
+                sampler_calls = [self._sample_step_call(n) for n in self.request_buckets]
+                sampler_calls += [
+                    self._prompt_logprobs_call(hidden_all) for _, _, hidden_all in outputs
+                ]
+                del outputs
+                compile_ahead(sampler_calls, threads, bar.update)
+                self._run_warm_ups(sampler_calls)
+            if self.warm_up_recompiles:
+                logger.warning(
+                    "%d programs compiled again at their warm-up run", self.warm_up_recompiles
+                )
+        self.compile_guard.mark_warmed_up()
+        self.compile_seconds = time.perf_counter() - start
+        logger.info(
+            "Compiled %d token buckets %s and %d request buckets %s in %.1f s",
+            len(self.token_buckets),
+            self.token_buckets,
+            len(self.request_buckets),
+            self.request_buckets,
+            self.compile_seconds,
+        )
+        return self.compile_seconds
+
+    def compile_threads(self) -> int:
+        """Compilations in flight at start-up: ``VLLM_XLA_GPU_COMPILE_THREADS``, else up to 4
+        on XLA:CPU and 1 on a GPU (concurrent compiles there would autotune kernels side by side
+        on one device, beside the KV cache; not measured yet)."""
+        if self.config.compile_threads:
+            return self.config.compile_threads
+        return min(4, os.cpu_count() or 1) if self.device.platform == "cpu" else 1
+
+    def _run_warm_ups(self, calls: list[WarmUpCall]) -> list:
+        """Run each compiled-ahead call once, in order; count compilations they still needed.
+
+        The model steps donate the KV caches, so each takes the caches the previous returned."""
+        before = CompileCounter.compiles
+        outputs = []
+        for call in calls:
+            if call.fn is self._model_step:
+                call.args = (call.args[0], self.kv_caches, *call.args[2:])
+                out = call.run()
+                self.kv_caches = out[1]
+            else:
+                out = call.run()
+            outputs.append(jax.block_until_ready(out))
+        self.warm_up_recompiles += CompileCounter.compiles - before
+        return outputs
+
+    def _model_step_call(self, num_tokens: int) -> WarmUpCall:
+        inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
+        args = (self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs))
+        return WarmUpCall(self._model_step, args)
+
+    def _sample_step_call(self, num_reqs: int) -> WarmUpCall:
+        md = idle_metadata(self.sampling_inputs, num_reqs)
+        return WarmUpCall(self._sample_step, (self.params, self._hidden_template, *pack(md)))
+
+    def _prompt_logprobs_call(self, hidden_all: jax.Array) -> WarmUpCall:
+        # numpy targets, as in serving: one program for both
+        targets = np.zeros(hidden_all.shape[0], np.int32)
+        return WarmUpCall(self._prompt_logprobs_step, (self.params, hidden_all, targets))
+
+
+def idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
+    """Sampling metadata of a step without requests (warm-up and memory analysis)."""
+    empty = np.zeros(0, np.int32)
+    history = TokenHistory(np.zeros((0, inputs.max_model_len), np.int32), empty, empty)
+    return inputs.to_metadata(empty, history, num_reqs_padded)
