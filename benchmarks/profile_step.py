@@ -8,7 +8,8 @@ runner and its JAX client live in this process), then for each batch size:
   kernels per step, time per compiled program (XLA's module events) and the longest kernels;
 * at the first batch size, also profiles the host with ``cProfile`` (functions by own time).
 
-The engine options are ``throughput.py``'s (``--max-model-len 4096 --max-num-seqs 256
+The checkpoint and the engine come from ``throughput.py``'s ``prepare_model`` and
+``start_engine``, with its defaults (``--max-model-len 4096 --max-num-seqs 256
 --max-num-batched-tokens 8192``), so the steps are the ones that benchmark times.
 
     python benchmarks/profile_step.py --arch llama-3.2-1b --batch-sizes 1 64 --out /tmp/prof
@@ -26,17 +27,19 @@ import pathlib
 import pstats
 import re
 import sys
-import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
-from architectures import ARCHITECTURES, write_random_checkpoint  # noqa: E402
+import throughput  # noqa: E402  (its checkpoint and engine set-up, so the steps are the same)
+from architectures import ARCHITECTURES  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="llama-3.2-1b")
     p.add_argument("--model", help="a checkpoint directory instead of --arch")
+    p.add_argument("--model-dir", help="where --arch is written (default /tmp/vxg-ARCH)")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
@@ -44,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
     common.add_engine_arguments(p)
     p.add_argument("--out", default="/tmp/vxg-profile", help="traces and the host profile")
     return p.parse_args()
@@ -162,23 +167,11 @@ def main() -> None:
     args = parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     import numpy as np
-    from vllm import LLM
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = args.model
-    if model is None:
-        model = os.path.join(tempfile.gettempdir(), f"vxg-{args.arch}")
-        write_random_checkpoint(args.arch, model)
-    llm = LLM(
-        model=model,
-        dtype=args.dtype,
-        skip_tokenizer_init=True,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        **common.engine_kwargs(args),
-    )
+    model, _ = throughput.prepare_model(args)
+    llm, _ = throughput.start_engine(args, model)
     vocab = common.read_config(model)["vocab_size"]
     rng = np.random.default_rng(0)
     results = {}
