@@ -16,6 +16,10 @@ Environment variables (all optional):
                                     serving then compiles on first use of each shape).
 ``VLLM_XLA_GPU_COMPILE_THREADS``    programs compiled at once at start-up (default: up to 4 on
                                     XLA:CPU, 1 on a GPU).
+``VLLM_XLA_GPU_TRITON_LAUNCH``      ``ffi`` (default): Triton kernels launch through jaxlib's
+                                    typed-FFI handler, which XLA records into its CUDA graphs;
+                                    ``legacy``: jax-triton's own custom call
+                                    (``ops/triton_launch.py``).
 ``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
                                     ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -49,6 +53,11 @@ def checkpoint_cache_root() -> str:
     """Root of converted checkpoints: ``$VLLM_XLA_GPU_CACHE`` or ``~/.cache/vllm_xla_gpu``."""
     default = os.path.join(os.path.expanduser("~"), ".cache", "vllm_xla_gpu")
     return os.path.expanduser(os.environ.get("VLLM_XLA_GPU_CACHE") or default)
+
+
+def triton_launch_mode() -> str:
+    """How Triton kernels are launched: ``VLLM_XLA_GPU_TRITON_LAUNCH``, ``ffi`` or ``legacy``."""
+    return _env("TRITON_LAUNCH", "ffi")
 
 
 def default_compilation_cache_dir() -> str | None:

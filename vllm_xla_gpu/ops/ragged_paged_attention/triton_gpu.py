@@ -42,8 +42,10 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
+from vllm_xla_gpu.config import triton_launch_mode
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
 from vllm_xla_gpu.ops.ragged_paged_attention import reference
+from vllm_xla_gpu.ops.triton_launch import install_launch_lowering
 
 LOG2_E = 1.4426950408889634
 _LOG2_E = tl.constexpr(LOG2_E)  # kernels may read module globals only as constexpr
@@ -93,6 +95,7 @@ def ragged_paged_attention(
     """
     import jax_triton  # GPU-only dependency (the ``cuda`` extra): imported when first traced
 
+    install_launch_lowering(triton_launch_mode())
     reference.check_inputs(q, k, v, kv_cache, md, sliding_window, soft_cap)
     md = jax.tree.map(jnp.asarray, md)
     num_tokens, num_q_heads, head_dim = q.shape
@@ -128,6 +131,7 @@ def write_kv_cache(
     """The reference's ``write_kv_cache`` as a Triton launch that updates the cache in place."""
     import jax_triton
 
+    install_launch_lowering(triton_launch_mode())
     _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
     row = num_kv_heads * head_dim
     return jax_triton.triton_call(

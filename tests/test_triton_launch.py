@@ -1,0 +1,91 @@
+"""The retargeting of jax-triton's launch to jaxlib's command-buffer-compatible FFI handler.
+
+``ops/triton_launch.py`` rewrites the legacy ``triton_kernel_call`` custom call that jax-triton
+0.3.1 emits into ``triton_kernel_call_ffi``. The reference is the op that Pallas' Triton backend
+and jax-triton's main branch emit for the same serialized call (``jax.ffi.ffi_lowering`` with API
+version 4 and the bytes as the ``opaque`` attribute): the rewritten op must print the same. The
+GPU half checks that the attention wrapper's program calls the FFI handler and no legacy launch
+(its numerics are the Triton kernel tests, which run through this path by default).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
+
+from vllm_xla_gpu.ops import triton_launch
+
+# A kernel call's serialized form is zlib-compressed protobuf: arbitrary bytes, NUL included.
+OPAQUE = zlib.compress(b"\x00kernel-call\xff" * 8)
+
+
+def _primitive(name: str, lowering) -> Primitive:
+    prim = Primitive(name)
+    prim.def_abstract_eval(lambda x: x)
+    prim.def_impl(lambda x: x)
+    mlir.register_lowering(prim, lowering, platform="cpu")
+    return prim
+
+
+def _legacy_launch(ctx, x):
+    """What jax-triton 0.3.1's lowering ends with (``triton_lib.triton_kernel_call_lowering``)."""
+    rule = jax.ffi.ffi_lowering(triton_launch.LEGACY_TARGET, api_version=2, backend_config=OPAQUE)
+    return rule(ctx, x)
+
+
+def _ffi_launch(ctx, x):
+    """What Pallas' Triton backend and jax-triton's main branch emit for the same call."""
+    return jax.ffi.ffi_lowering(triton_launch.FFI_TARGET, api_version=4)(ctx, x, opaque=OPAQUE)
+
+
+def _custom_call_line(prim: Primitive) -> str:
+    text = jax.jit(prim.bind).lower(jnp.zeros((4,), jnp.float32)).as_text()
+    [line] = [ln for ln in text.splitlines() if "custom_call" in ln]
+    return re.sub(r"^\s*%\S+ = ", "", line)
+
+
+def test_retargeted_launch_is_the_ffi_launch():
+    retargeted = _primitive(
+        "legacy_then_retargeted",
+        lambda ctx, x: triton_launch._ffi_lowering(_legacy_launch, ctx, x),
+    )
+    reference = _primitive("ffi_reference", _ffi_launch)
+    got = _custom_call_line(retargeted)
+    assert f"@{triton_launch.FFI_TARGET}(" in got and "opaque" in got
+    assert got == _custom_call_line(reference)
+
+
+def test_other_custom_calls_are_left_alone():
+    def other(ctx, x):
+        return jax.ffi.ffi_lowering("some_other_target", api_version=2, backend_config=OPAQUE)(
+            ctx, x
+        )
+
+    untouched = _primitive(
+        "other_target", lambda ctx, x: triton_launch._ffi_lowering(other, ctx, x)
+    )
+    assert _custom_call_line(untouched) == _custom_call_line(_primitive("other_plain", other))
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="ffi' or 'legacy"):
+        triton_launch.install_launch_lowering("graph")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="lowers the Triton kernel for CUDA")
+def test_attention_program_launches_through_ffi():
+    from test_ragged_paged_attention import make_step
+
+    from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
+
+    step = make_step("mixed", 8, 2, dtype=jnp.bfloat16, head_dim=64)
+    fn = jax.jit(lambda *a: triton_gpu.ragged_paged_attention(*a, sm_scale=0.125))
+    text = fn.lower(step.q, step.k, step.v, step.kv_cache, step.md).as_text()
+    assert text.count(f"@{triton_launch.FFI_TARGET}(") == 2  # cache write + attention
+    assert f"@{triton_launch.LEGACY_TARGET}(" not in text
