@@ -90,6 +90,12 @@ def worker_stats(worker: Any) -> dict:
         stats["load_s"] = runner.load_seconds
         stats["compile_s"] = runner.compile_seconds
         stats["compiles_since_warmup"] = runner.compile_guard.since_warmup()
+        # Async scheduling: steps whose input tokens stayed on the device, and host waits for
+        # a step's tokens before its output was collected (each one stalls the pipeline).
+        stats["steps_with_device_tokens"] = runner.num_steps_with_device_tokens
+        stats["early_resolves"] = runner.num_early_resolves
+        resolved = max(runner.num_resolved_outputs, 1)
+        stats["token_wait_ms_per_output"] = runner.token_wait_seconds / resolved * 1e3
     else:
         try:
             import torch

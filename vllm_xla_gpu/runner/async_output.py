@@ -23,6 +23,7 @@ Without async scheduling the runner builds the same object and calls ``get_outpu
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import jax
@@ -97,6 +98,7 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
         self.placeholders = placeholders
         self._fill_placeholders = fill_placeholders
         self._token_ids: np.ndarray | None = None
+        self.wait_seconds = 0.0
         sampler_output.sampled_token_ids.copy_to_host_async()
         if len(num_logprobs) and num_logprobs.max() >= 0:
             for leaf in jax.tree.leaves(sampler_output.logprobs):
@@ -106,7 +108,9 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
         """Wait for the sampled ids (i32[num_reqs]); the first call fills the placeholders."""
         if self._token_ids is None:
             num_reqs = len(self.req_ids)
+            start = time.perf_counter()
             self._token_ids = np.asarray(self.sampler_output.sampled_token_ids)[:num_reqs]
+            self.wait_seconds = time.perf_counter() - start  # host idle, waiting for the device
             self._fill_placeholders(self, self.placeholders, self._token_ids)
             self.placeholders = []
         return self._token_ids

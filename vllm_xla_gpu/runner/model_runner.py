@@ -124,6 +124,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # not collected yet (before penalties, or a fallback): tests and benchmarks read them.
         self.num_steps_with_device_tokens = 0
         self.num_early_resolves = 0
+        # Seconds the host spent waiting for sampled tokens, over how many outputs: near the
+        # device's step time means the host keeps up; near zero means the host is the limit.
+        self.token_wait_seconds = 0.0
+        self.num_resolved_outputs = 0
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -311,6 +315,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
     ) -> None:
         """Write a resolved step's token ids over its placeholders (requests that finished
         meanwhile are gone; a row given back gets the ids from ``output_token_ids``)."""
+        self.token_wait_seconds += output.wait_seconds
+        self.num_resolved_outputs += 1
         with_history = self.batch.token_ids.shape[1]
         for p in placeholders:
             state = self.requests.get(p.req_id)
