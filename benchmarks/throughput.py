@@ -357,6 +357,12 @@ def print_report(r: dict) -> None:
         print(f"engine start {s['engine_s']:.1f} s{split}")
     if "compiles_since_warmup" in s:
         print(f"compilations after warm-up: {s['compiles_since_warmup']}")
+    if "token_wait_ms_per_output" in s:
+        print(
+            f"host waited {s['token_wait_ms_per_output']:.2f} ms per step for sampled tokens; "
+            f"early resolves {s['early_resolves']}, steps with device tokens "
+            f"{s['steps_with_device_tokens']}"
+        )
     if r["restart"]:
         for label in ("cold", "warm"):
             st = r["restart"][label]
