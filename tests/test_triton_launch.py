@@ -1,11 +1,14 @@
-"""The retargeting of jax-triton's launch to jaxlib's command-buffer-compatible FFI handler.
+"""What lets XLA run a whole GPU step as CUDA graphs: the Triton launch and the XLA flags.
+
+The retargeting of jax-triton's launch to jaxlib's command-buffer-compatible FFI handler:
 
 ``ops/triton_launch.py`` rewrites the legacy ``triton_kernel_call`` custom call that jax-triton
 0.3.1 emits into ``triton_kernel_call_ffi``. The reference is the op that Pallas' Triton backend
 and jax-triton's main branch emit for the same serialized call (``jax.ffi.ffi_lowering`` with API
 version 4 and the bytes as the ``opaque`` attribute): the rewritten op must print the same. The
 GPU half checks that the attention wrapper's program calls the FFI handler and no legacy launch
-(its numerics are the Triton kernel tests, which run through this path by default).
+(its numerics are the Triton kernel tests, which run through this path by default). Last, the
+worker's default XLA flags (conditionals inside CUDA graphs) must leave the user's own alone.
 """
 
 from __future__ import annotations
@@ -89,3 +92,23 @@ def test_attention_program_launches_through_ffi():
     text = fn.lower(step.q, step.k, step.v, step.kv_cache, step.md).as_text()
     assert text.count(f"@{triton_launch.FFI_TARGET}(") == 2  # cache write + attention
     assert f"@{triton_launch.LEGACY_TARGET}(" not in text
+
+
+@pytest.mark.parametrize(
+    ("user_flags", "expected"),
+    [
+        ("", "--xla_gpu_enable_command_buffer=+CONDITIONAL"),
+        (
+            "--xla_dump_to=/tmp/d",
+            "--xla_dump_to=/tmp/d --xla_gpu_enable_command_buffer=+CONDITIONAL",
+        ),
+        ("--xla_gpu_enable_command_buffer=", "--xla_gpu_enable_command_buffer="),  # user's choice
+    ],
+)
+def test_default_xla_flags_keep_the_users(monkeypatch, user_flags, expected):
+    """The worker records conditionals into CUDA graphs unless ``XLA_FLAGS`` says otherwise."""
+    from vllm_xla_gpu import worker
+
+    monkeypatch.setenv("XLA_FLAGS", user_flags)
+    worker._add_default_xla_flags()
+    assert worker.os.environ["XLA_FLAGS"] == expected
