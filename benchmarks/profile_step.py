@@ -109,6 +109,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
     return {
         "host_ms_per_step": host_functions(events, device_pids, num_steps),
+        **control_flow(events, device_pids, num_steps),
         "steps": num_steps,
         "window_ms_per_step": window_us / num_steps / 1e3,
         "device_busy_ms_per_step": busy_us / num_steps / 1e3,
@@ -144,6 +145,30 @@ def host_functions(events: list, device_pids: set, num_steps: int) -> dict:
             totals[e["name"][:70]] += e["dur"]
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:14]
     return {name: us / num_steps / 1e3 for name, us in ranked}
+
+
+# XLA's host-side events named after an HLO conditional or loop ("cond.33.clone", "while.7"):
+# one run outside a CUDA graph reads its predicate on the host, so the host waits for the device.
+_CONTROL_FLOW = re.compile(r"^(cond|conditional|while)[._]\d")
+
+
+def control_flow(events: list, device_pids: set, num_steps: int) -> dict:
+    """Host time per step inside XLA conditionals and loops run outside CUDA graphs (each one a
+    host wait for the device), and how many CUDA graphs (command buffers) launched per step."""
+    waits = collections.defaultdict(float)
+    graphs = 0
+    for e in events:
+        if e.get("ph") != "X" or e.get("pid") in device_pids:
+            continue
+        if _CONTROL_FLOW.match(e["name"]):
+            waits[e["name"][:40]] += e["dur"]
+        elif e["name"] == "command_buffer::execute":
+            graphs += 1
+    top = sorted(waits.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "host_control_flow_ms_per_step": {n: us / num_steps / 1e3 for n, us in top},
+        "command_buffers_per_step": graphs / num_steps,
+    }
 
 
 def traced_generate(llm, prompts, args, trace_dir: pathlib.Path) -> pathlib.Path:
