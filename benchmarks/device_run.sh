@@ -17,7 +17,8 @@
 #                    the checkpoint TP_MODEL, with TP_ARGS (e.g. "--workloads 128/128 --restart");
 #   throughput-cuda  the same with vLLM's own CUDA build, installed from .baseline/ (install.sh a, b,
 #                    c) into ${VLLM_CUDA_SITE:-~/.cache/vllm-cuda}; this plugin steps aside.
-#   Both write $OUT/throughput_<backend>_<arch>[_TP_TAG].json for benchmarks/compare.py.
+#   throughput-ab    this backend as is (A) and with TP_AB_ENV=VAR=VALUE set (B), run A B B A.
+#   Each writes $OUT/throughput_<backend>_<arch>[_TP_TAG].json for benchmarks/compare.py.
 # Run there as:  source .device/setup.sh && bash benchmarks/device_run.sh
 # (.device from ../shared/device/make-bundle.sh; .whl holds pytest; .device-assets the tokenizer)
 set -uo pipefail
@@ -100,6 +101,16 @@ throughput() {  # $1 = xla | cuda; the environment is set by the caller
 if [[ $stages == *" throughput "* ]]; then
 step "throughput: this backend"
 throughput xla
+fi
+if [[ $stages == *" throughput-ab "* ]]; then
+# Run order biased earlier pairs (the first run of a call was faster at batch 1 even where the
+# change cannot act), so a pair runs A, B, B, A: A as is, B with TP_AB_ENV (one VAR=VALUE).
+step "throughput A/B: A as is, B with ${TP_AB_ENV:?set TP_AB_ENV=VAR=VALUE}; order A B B A"
+tag=${TP_TAG:-ab}
+for run in a1 b1 b2 a2; do
+  if [[ $run == b* ]]; then (export "$TP_AB_ENV"; TP_TAG=${tag}_$run throughput xla)
+  else TP_TAG=${tag}_$run throughput xla; fi
+done
 fi
 if [[ $stages == *" throughput-cuda "* ]]; then
 step "throughput: vLLM's CUDA backend (baseline)"
