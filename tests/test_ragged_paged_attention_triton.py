@@ -110,6 +110,16 @@ def test_interpreted_gqa8_float16(interpreted, config: str) -> None:
     check_interpreted(interpreted, step, jnp.float16, config)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_interpreted_decode_heavy_auto(interpreted, head_dim: int) -> None:
+    """A decode step with no more tokens than request rows: the host picks 16-row tiles (and
+    at head_dim 64, 128-position chunks); contexts span several chunks and a partial last one."""
+    step = make_step(([300, 131, 7, 255], [1, 1, 1, 1], 4), 8, 2, head_dim=head_dim, seed=5)
+    cfg = interpreted.kernel_config(4, step.md.block_tables.shape[0], 4, head_dim)
+    assert cfg.block_m == 16 and cfg.block_n == (128 if head_dim == 64 else 64)
+    check_interpreted(interpreted, step, jnp.float32, "auto")
+
+
 @pytest.mark.parametrize("case", ["mixed", "chunked_prefill"])
 def test_interpreted_sliding_window(interpreted, case: str) -> None:
     step = make_step(case, 4, 2, block_size=4, seed=3)
