@@ -94,6 +94,8 @@ def worker_stats(worker: Any) -> dict:
         # a step's tokens before its output was collected (each one stalls the pipeline).
         stats["steps_with_device_tokens"] = runner.num_steps_with_device_tokens
         stats["early_resolves"] = runner.num_early_resolves
+        stats["token_wait_s"] = runner.token_wait_seconds
+        stats["resolved_outputs"] = runner.num_resolved_outputs
         resolved = max(runner.num_resolved_outputs, 1)
         stats["token_wait_ms_per_output"] = runner.token_wait_seconds / resolved * 1e3
     else:
@@ -121,6 +123,16 @@ def engine_stats(llm: Any) -> dict:
     except Exception as e:  # another vLLM's worker: the timings stand without these fields
         print(f"warning: no worker stats ({type(e).__name__}: {e})")
         return {}
+
+
+def token_wait_ms_per_step(before: dict, after: dict) -> float | None:
+    """The host's mean wait for a step's sampled tokens between two :func:`engine_stats`
+    (XLA runner only): near the device's step time, the device is the pace; near zero, the
+    host is."""
+    if "token_wait_s" not in before or "token_wait_s" not in after:
+        return None
+    steps = max(after["resolved_outputs"] - before["resolved_outputs"], 1)
+    return (after["token_wait_s"] - before["token_wait_s"]) / steps * 1e3
 
 
 def decode_step_bytes(

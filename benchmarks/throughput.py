@@ -214,7 +214,9 @@ def measure_throughput(llm, workload: Workload, num_prompts: int, vocab: int, rn
     """One ``LLM.generate`` of ``num_prompts`` random prompts, after a short warm-up."""
     common.timed_generate(llm, common.random_prompts(rng, 4, workload.input_len, vocab), 4)
     prompts = common.random_prompts(rng, num_prompts, workload.input_len, vocab)
+    before = common.engine_stats(llm)
     elapsed, outputs = common.timed_generate(llm, prompts, workload.output_len)
+    wait_ms = common.token_wait_ms_per_step(before, common.engine_stats(llm))
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
     output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     if output_tokens != num_prompts * workload.output_len:
@@ -228,6 +230,7 @@ def measure_throughput(llm, workload: Workload, num_prompts: int, vocab: int, rn
         "requests_per_s": num_prompts / elapsed,
         "output_tokens_per_s": output_tokens / elapsed,
         "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed,
+        "token_wait_ms_per_step": wait_ms,
     }
 
 
@@ -370,11 +373,13 @@ def print_report(r: dict) -> None:
             print(f"{label} start: engine {st['engine_s']:.1f} s{split}")
     if r["throughput"]:
         header = f"{'workload':>10} {'prompts':>7} {'req/s':>8} {'output tok/s':>12}"
-        print(f"{header} {'total tok/s':>11}")
+        print(f"{header} {'total tok/s':>11} {'token wait ms/step':>18}")
     for t in r["throughput"]:
+        wait = t.get("token_wait_ms_per_step")
         print(
             f"{t['workload']:>10} {t['num_prompts']:>7} {t['requests_per_s']:>8.2f} "
-            f"{t['output_tokens_per_s']:>12.1f} {t['total_tokens_per_s']:>11.1f}"
+            f"{t['output_tokens_per_s']:>12.1f} {t['total_tokens_per_s']:>11.1f} "
+            f"{'-' if wait is None else f'{wait:.2f}':>18}"
         )
     lat = r["latency"]
     if lat and "ms_per_token" in lat:
