@@ -96,8 +96,9 @@ def worker_stats(worker: Any) -> dict:
         stats["early_resolves"] = runner.num_early_resolves
         stats["token_wait_s"] = runner.token_wait_seconds
         stats["resolved_outputs"] = runner.num_resolved_outputs
-        resolved = max(runner.num_resolved_outputs, 1)
-        stats["token_wait_ms_per_output"] = runner.token_wait_seconds / resolved * 1e3
+        stats["token_wait_ms_per_output"] = token_wait_ms_per_step(
+            {"token_wait_s": 0.0, "resolved_outputs": 0}, stats
+        )
     else:
         try:
             import torch

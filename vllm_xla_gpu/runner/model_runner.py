@@ -288,7 +288,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             return {}
         prompts = [self.requests[c.req_id].prompt_token_ids for c in chunks]
         targets = self.prompt_logprobs.targets(chunks, prompts, step.hidden_all.shape[0])
-        # numpy straight to jit: its transfer does not wait for the running step
+        # numpy straight to jit, whose dispatch moves it (runner/transfer.py)
         top = self._prompt_logprobs_step(self.params, step.hidden_all, targets)
         return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
