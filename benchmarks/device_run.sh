@@ -11,6 +11,8 @@
 #   decode     decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
 #   profile    benchmarks/profile_step.py for TP_ARCH (PROFILE_ARGS): device time per program,
 #              host profile; traces copied to $OUT (not in the default set).
+#   sampler    benchmarks/sampler_control_flow.py and benchmarks/sampler.py (CUB sort off, then
+#              on): the sampler's conditionals and its time per step (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -40,6 +42,18 @@ stages=" ${STAGES:-inplace kernel tests main attention decode} "
 if [[ $stages == *" inplace "* ]]; then
 step "inplace: KV caches updated in place"
 timeout 120 python3 benchmarks/kv_inplace_check.py 2>&1 | grep -v "WARNING\|INFO" | tail -4
+fi
+
+if [[ $stages == *" sampler "* ]]; then
+step "sampler: conditionals and the custom calls they hold; time per step, CUB sort off (default) / on"
+timeout ${SAMPLER_TIMEOUT:-200} python3 benchmarks/sampler_control_flow.py --json "$out/sampler_control_flow.json" \
+  > "$out/sampler_control_flow.log" 2>&1
+echo "control flow exit $?"; grep -v "WARNING\|INFO" "$out/sampler_control_flow.log" | cut -c1-150 | tail -20
+for cub in false true; do
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_cub_radix_sort=$cub" timeout ${SAMPLER_TIMEOUT:-200} \
+    python3 benchmarks/sampler.py ${SAMPLER_ARGS:-} --json "$out/sampler_cub_$cub.json" > "$out/sampler_cub_$cub.log" 2>&1
+  echo "sampler (cub $cub) exit $?"; grep -v "WARNING\|INFO" "$out/sampler_cub_$cub.log" | tail -7
+done
 fi
 
 if [[ $stages == *" kernel "* ]]; then

@@ -16,6 +16,7 @@ import pytest
 from sampling_reference import process_logits
 from vllm.sampling_params import SamplingParams
 
+from vllm_xla_gpu.sample.logprobs import grouped_top_k
 from vllm_xla_gpu.sample.metadata import MAX_LOGPROBS, SamplingInputs, TokenHistory
 from vllm_xla_gpu.sample.sampler import sample
 from vllm_xla_gpu.sample.token_masks import allowed_mask
@@ -226,3 +227,18 @@ def test_min_tokens_under_grammar_restores_stops_only_when_nothing_is_left(gramm
     token = int(sample_jit(logits, md).sampled_token_ids[0])
 
     assert token == (40 if grammar_allows_more else EOS)
+
+
+@pytest.mark.parametrize("vocab_size", [1000, 4096, 200], ids=["partial_group", "whole", "small"])
+def test_grouped_top_k_equals_stable_sort_with_ties(vocab_size):
+    """Logprobs' top 20 from candidate groups equal the first 20 of a stable descending sort,
+    ties (few distinct values, whole rows of -inf) included."""
+    rng = np.random.default_rng(vocab_size)
+    x = rng.integers(0, 6, (NUM_ROWS, vocab_size)).astype(np.float32)
+    x[1] = -np.inf
+    x[2, rng.choice(vocab_size, vocab_size - 7, replace=False)] = -np.inf
+    values, ids = jax.jit(grouped_top_k, static_argnums=1)(x, MAX_LOGPROBS)
+
+    reference = np.argsort(-x, axis=-1, kind="stable")[:, :MAX_LOGPROBS]
+    np.testing.assert_array_equal(np.asarray(ids), reference)
+    np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(x, reference, -1))

@@ -94,19 +94,23 @@ def test_attention_program_launches_through_ffi():
     assert f"@{triton_launch.LEGACY_TARGET}(" not in text
 
 
+_CMD = "--xla_gpu_enable_command_buffer=+CONDITIONAL"
+_CUB = "--xla_gpu_enable_cub_radix_sort=false"
+
+
 @pytest.mark.parametrize(
     ("user_flags", "expected"),
     [
-        ("", "--xla_gpu_enable_command_buffer=+CONDITIONAL"),
-        (
-            "--xla_dump_to=/tmp/d",
-            "--xla_dump_to=/tmp/d --xla_gpu_enable_command_buffer=+CONDITIONAL",
-        ),
-        ("--xla_gpu_enable_command_buffer=", "--xla_gpu_enable_command_buffer="),  # user's choice
+        ("", f"{_CMD} {_CUB}"),
+        ("--xla_dump_to=/tmp/d", f"--xla_dump_to=/tmp/d {_CMD} {_CUB}"),
+        # the user's choices stay
+        ("--xla_gpu_enable_command_buffer=", f"--xla_gpu_enable_command_buffer= {_CUB}"),
+        ("--xla_gpu_enable_cub_radix_sort=true", f"--xla_gpu_enable_cub_radix_sort=true {_CMD}"),
     ],
 )
 def test_default_xla_flags_keep_the_users(monkeypatch, user_flags, expected):
-    """The worker records conditionals into CUDA graphs unless ``XLA_FLAGS`` says otherwise."""
+    """The worker records conditionals into CUDA graphs and turns CUB sorts off, unless
+    ``XLA_FLAGS`` sets those flags itself."""
     from vllm_xla_gpu import worker
 
     monkeypatch.setenv("XLA_FLAGS", user_flags)

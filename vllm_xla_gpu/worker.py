@@ -177,7 +177,17 @@ class XlaGpuWorker(WorkerBase):
 # 2026-11-27), recording conditionals as graph nodes (the predicate is read on the device) took
 # 256 x 128/128 from 16.6k to 24.2k tokens/s and 256 x 2048/512 from 9.4k to 11.4k.
 # XLA's parser applies only the first "+TYPE" of a list, so this adds one type.
-_DEFAULT_XLA_FLAGS = {"xla_gpu_enable_command_buffer": "+CONDITIONAL"}
+# A conditional joins a graph only if every operation in its branches can be recorded, and XLA's
+# CUB radix sort (``xla.gpu.ext.cub_sort_pairs``, chosen for large sorts) cannot: at 256 rows
+# the sampler's random-sampling branch and its logprobs branch sorted with it
+# (benchmarks/sampler_control_flow.py), and the profile still showed 8 ms of host wait per step
+# in the all-greedy conditional (H100, 2026-11-27). XLA's own sort kernels can be recorded. The
+# sampler and logprobs sort small candidate sets (sample/sampler.py, sample/logprobs.py); only
+# the rare full-sort fallback of top-k/top-p sorts whole rows, where CUB was faster.
+_DEFAULT_XLA_FLAGS = {
+    "xla_gpu_enable_command_buffer": "+CONDITIONAL",
+    "xla_gpu_enable_cub_radix_sort": "false",
+}
 
 
 def _add_default_xla_flags() -> None:

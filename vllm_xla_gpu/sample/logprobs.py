@@ -10,6 +10,11 @@ token as the chosen one.
 
 Here ``k`` is always :data:`MAX_LOGPROBS`, so the shapes depend on the bucket only; the host keeps
 the columns a request asked for. Work is skipped with ``lax.cond`` when no row wants logprobs.
+
+The top ``k`` of a row come from its ``k`` groups of :data:`_GROUP_SIZE` logits with the largest
+maxima (:func:`grouped_top_k`), never from a sort of the whole vocabulary: ``lax.top_k`` with
+``k > 16`` sorts, and a ``[256, 128k]`` sort is slow in XLA's own sort kernel, while CUB's radix
+sort (XLA's other choice) cannot be recorded into a CUDA graph (``worker.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import numpy as np
 from vllm.v1.outputs import LogprobsLists
 
 from vllm_xla_gpu.sample.metadata import MAX_LOGPROBS
+
+# Logits per group in grouped_top_k: a multiple of a warp, and 4k groups for a 128k vocabulary.
+_GROUP_SIZE = 32
 
 
 class TopLogprobs(NamedTuple):
@@ -39,7 +47,7 @@ def top_logprobs(
 ) -> TopLogprobs:
     """``log_softmax`` of ``logits``, gathered at ``chosen`` and at the top tokens."""
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    top_values, top_ids = jax.lax.top_k(logprobs, _num_top(logits.shape[-1]))
+    top_values, top_ids = grouped_top_k(logprobs, _num_top(logits.shape[-1]))
     chosen_logprob = jnp.take_along_axis(logprobs, chosen[:, None], axis=-1)
     ranks = jnp.sum(logprobs >= chosen_logprob, axis=-1, dtype=jnp.int32)
     return TopLogprobs(
@@ -66,6 +74,33 @@ def top_logprobs_if(
         )
 
     return jax.lax.cond(wanted, top_logprobs, nothing, logits, chosen)
+
+
+def grouped_top_k(
+    x: jax.Array,  # f32[n, vocab_size]
+    k: int,
+) -> tuple[jax.Array, jax.Array]:  # f32[n, k], i32[n, k]
+    """``lax.top_k(x, k)``, ties included, without sorting whole rows.
+
+    Each of a row's top ``k`` values lies in a group whose maximum is among the ``k`` largest
+    group maxima, so the top ``k`` of those groups' members are the row's. The chosen groups are
+    put back in vocabulary order first, so that ties go to the lower index as in ``lax.top_k``.
+    """
+    n, vocab_size = x.shape
+    num_groups = -(-vocab_size // _GROUP_SIZE)
+    if num_groups <= k:
+        values, ids = jax.lax.top_k(x, k)
+        return values, ids.astype(jnp.int32)
+    # Padding sits past the last token: a tie at -inf goes to a real token first.
+    padded = jnp.pad(
+        x, ((0, 0), (0, num_groups * _GROUP_SIZE - vocab_size)), constant_values=-jnp.inf
+    )
+    groups = padded.reshape(n, num_groups, _GROUP_SIZE)
+    group_ids = jnp.sort(jax.lax.top_k(jnp.max(groups, axis=-1), k)[1], axis=-1)
+    members = jnp.take_along_axis(groups, group_ids[:, :, None], axis=1).reshape(n, -1)
+    values, positions = jax.lax.top_k(members, k)
+    group_of = jnp.take_along_axis(group_ids, positions // _GROUP_SIZE, axis=-1)
+    return values, (group_of * _GROUP_SIZE + positions % _GROUP_SIZE).astype(jnp.int32)
 
 
 def _num_top(vocab_size: int) -> int:
