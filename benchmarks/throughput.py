@@ -276,7 +276,11 @@ def measure_startup(args: argparse.Namespace, model_dir: str) -> dict:
 
     import_s = time.perf_counter() - start
     llm, engine_s = start_engine(args, model_dir)
-    return {"import_s": import_s, "engine_s": engine_s, **common.engine_stats(llm)}
+    stats = {"import_s": import_s, "engine_s": engine_s, **common.engine_stats(llm)}
+    # The engine core is its own process: without a shutdown it would outlive this one and
+    # keep its device memory from the next start (the warm start ran out of memory).
+    llm.llm_engine.engine_core.shutdown()
+    return stats
 
 
 def run_benchmarks(args: argparse.Namespace, model_dir: str) -> tuple[dict, list, dict | None]:

@@ -41,18 +41,24 @@ class _MethodCall(nn.Module):
         return getattr(self.model, method)(*args)
 
 
-def extract_params(model: nn.Module, device: jax.Device | None = None) -> Params:
+def extract_params(
+    model: nn.Module,
+    device: jax.Device | None = None,
+    replace: dict[int, jax.Array] | None = None,
+) -> Params:
     """Every parameter and buffer of ``model`` as a JAX array on ``device``.
 
     Args:
         model: vLLM's torch model, loaded on the host.
         device: target device (default: JAX's default device).
+        replace: arrays to use instead of copying some tensors, by ``id(tensor)``
+            (``model/dummy_weights.py``: weights drawn on the device).
 
     Returns:
         ``"model.<module path>.<name>" -> jax.Array``; a tensor shared by several modules (tied
         embeddings) maps to one array under each owner's name.
     """
-    by_tensor: dict[int, jax.Array] = {}
+    by_tensor: dict[int, jax.Array] = dict(replace or {})
     params: Params = {}
     for module_name, module in _MethodCall(model).named_modules(remove_duplicate=True):
         owned = {**module._parameters, **module._buffers}

@@ -50,6 +50,11 @@ from vllm.v1.outputs import (
 
 from vllm_xla_gpu.attention.backend import XlaGpuAttentionMetadata
 from vllm_xla_gpu.config import XlaGpuConfig
+from vllm_xla_gpu.model.dummy_weights import (
+    dummy_params,
+    load_dummy_model,
+    uses_device_dummy_weights,
+)
 from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params
 from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_attention_impl
 from vllm_xla_gpu.ops.torch_op import register_torch_op
@@ -132,14 +137,20 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
     # ---- start-up -------------------------------------------------------------------------
 
     def load_model(self) -> None:
-        """Build vLLM's torch model on the host, then move its weights to the device."""
+        """Build vLLM's torch model on the host, then move its weights to the device (dummy
+        weights are drawn there: ``model/dummy_weights.py``)."""
         start = time.perf_counter()
         with set_current_vllm_config(self.vllm_config):
-            torch_model = get_model(vllm_config=self.vllm_config).eval()
+            if uses_device_dummy_weights(self.vllm_config):
+                torch_model, deferred = load_dummy_model(self.vllm_config)
+                seed = self.vllm_config.model_config.seed or 0
+                self.params = dummy_params(torch_model, deferred, self.device, seed)
+            else:
+                torch_model = get_model(vllm_config=self.vllm_config).eval()
+                self.params = extract_params(torch_model, self.device)
         # vLLM's engine expects ``model_runner.model`` to be the torch module.
         self.model = torch_model
         self.jax_model = TorchaxModel(torch_model)
-        self.params = extract_params(torch_model, self.device)
         jax.block_until_ready(self.params)
         self.load_seconds = time.perf_counter() - start
         logger.info("Model loaded onto %s in %.1f s", self.device, self.load_seconds)

@@ -1,0 +1,112 @@
+"""Host time of one jitted call, built up piece by piece to the shape of a model step.
+
+At batch 1 the host sets the pace (a model step and a sample step are two jitted calls, and
+the device finishes each in less time than the host takes to issue them). This times the host
+side of a call with the device idle, adding one ingredient of a runner step at a time:
+
+* ``1 device arg``: a tiny program on one device array (the floor of a call);
+* ``+ numpy arg``: one fresh 4 KiB numpy buffer as well (the packed step inputs);
+* ``+ N weights``: ``N`` device arrays besides (a model's parameters, one leaf each);
+* ``+ donated cache``: a donated array the program updates in place (the KV cache);
+* ``+ K kernels``: a program of about ``K`` kernels (one matmul and one tanh per weight, twice),
+  which XLA runs as a CUDA graph.
+
+Prints a table of the median host milliseconds per call and writes JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vllm_xla_gpu.worker import _add_default_xla_flags
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=int, default=128, help="device arrays besides the input")
+    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--json")
+    return p.parse_args()
+
+
+def host_ms(fn, make_args, calls: int) -> float:
+    """Median host time of ``fn(*make_args())`` with the device idle before each call."""
+    jax.block_until_ready(fn(*make_args()))  # compiles
+    times = []
+    for _ in range(calls):
+        args = make_args()
+        start = time.perf_counter()
+        out = fn(*args)
+        times.append((time.perf_counter() - start) * 1e3)
+        jax.block_until_ready(out)
+    return statistics.median(times)
+
+
+def cases(num_weights: int) -> dict:
+    """Each case: (jitted function, a function making its arguments)."""
+    rng = np.random.default_rng(0)
+    x = jnp.ones((64, 64), jnp.float32)
+    weights = [
+        jnp.asarray(rng.standard_normal((64, 64)) / 8, jnp.float32) for _ in range(num_weights)
+    ]
+    cache = [jnp.zeros((1 << 20,), jnp.float32)]
+
+    def words():
+        return rng.integers(0, 100, 1024, dtype=np.uint32)
+
+    def small(x, w):
+        return x + w[:64].astype(jnp.float32)[:, None]
+
+    def with_weights(x, w, ws):
+        return small(x, w) + sum(v[0, 0] for v in ws)
+
+    def with_cache(x, w, ws, cache):
+        return with_weights(x, w, ws), cache.at[w[0]].set(1.0)
+
+    def kernels(x, w, ws, cache):
+        y = small(x, w)
+        for v in ws + ws:
+            y = jnp.tanh(y @ v)
+        return y, cache.at[w[0]].set(1.0)
+
+    def keep(cache_and_out):
+        cache[0] = cache_and_out[1]
+        return cache_and_out
+
+    donate = {"donate_argnums": (3,)}
+    f_cache, f_kernels = jax.jit(with_cache, **donate), jax.jit(kernels, **donate)
+    return {
+        "1 device arg": (jax.jit(lambda x: x + 1), lambda: (x,)),
+        "+ numpy arg": (jax.jit(small), lambda: (x, words())),
+        f"+ {num_weights} weights": (jax.jit(with_weights), lambda: (x, words(), weights)),
+        "+ donated cache": (lambda *a: keep(f_cache(*a)), lambda: (x, words(), weights, cache[0])),
+        f"+ {4 * num_weights} kernels": (
+            lambda *a: keep(f_kernels(*a)),
+            lambda: (x, words(), weights, cache[0]),
+        ),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    _add_default_xla_flags()
+    device = jax.devices()[0]
+    print(f"dispatch cost on {device.device_kind}, jax {jax.__version__}")
+    rows = {}
+    for name, (fn, make_args) in cases(args.weights).items():
+        rows[name] = host_ms(fn, make_args, args.calls)
+        print(f"{name:>22} {rows[name]:8.3f} ms host per call")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device.device_kind, "host_ms": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
