@@ -14,8 +14,7 @@ Environment variables (all optional):
 ``VLLM_XLA_GPU_MIN_TOKENS``         smallest token bucket (default 16).
 ``VLLM_XLA_GPU_PRECOMPILE``         ``0`` skips compiling every bucket at start-up (debug only:
                                     serving then compiles on first use of each shape).
-``VLLM_XLA_GPU_COMPILE_THREADS``    programs compiled at once at start-up (default: up to 4 on
-                                    XLA:CPU, 1 on a GPU).
+``VLLM_XLA_GPU_COMPILE_THREADS``    programs compiled at once at start-up (default: up to 4).
 ``VLLM_XLA_GPU_TRITON_LAUNCH``      ``ffi`` (default): Triton kernels launch through jaxlib's
                                     typed-FFI handler, which XLA records into its CUDA graphs;
                                     ``legacy``: jax-triton's own custom call
