@@ -75,3 +75,21 @@ def test_parse_args_defaults_and_workloads():
 def test_parse_args_rejects(argv):
     with pytest.raises(SystemExit):
         throughput.parse_args(argv)
+
+
+def test_sampler_control_flow_finds_conditionals_and_their_custom_calls():
+    """``sampler_control_flow.py`` reads XLA's compiled HLO: a program with one conditional
+    whose branch calls ``lax.top_k`` (a ``TopK`` custom call on XLA:CPU) and one without."""
+    import jax
+    import jax.numpy as jnp
+    from sampler_control_flow import control_flow
+
+    def f(x, flag):
+        top = jax.lax.cond(flag, lambda v: jax.lax.top_k(v, 3)[0], lambda v: v[:, :3], x)
+        plain = jax.lax.cond(flag, lambda v: v[:, :3] + 1, lambda v: v[:, :3], x)
+        return top + plain
+
+    hlo = jax.jit(f).lower(jnp.ones((4, 64)), True).compile().as_text()
+    found = sorted(control_flow(hlo), key=lambda c: len(c["custom_calls"]))
+    assert [c["op"] for c in found] == ["conditional", "conditional"]
+    assert found[0]["custom_calls"] == [] and found[1]["custom_calls"] == ["TopK"]
