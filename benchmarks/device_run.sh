@@ -13,6 +13,8 @@
 #              host profile; traces copied to $OUT (not in the default set).
 #   sampler    benchmarks/sampler_control_flow.py and benchmarks/sampler.py (CUB sort off, then
 #              on): the sampler's conditionals and its time per step (not in the default set).
+#   dispatch   benchmarks/dispatch_cost.py as is and with each XLA command-buffer update mode in
+#              DISPATCH_MODES (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -53,6 +55,16 @@ for cub in false true; do
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_cub_radix_sort=$cub" timeout ${SAMPLER_TIMEOUT:-200} \
     python3 benchmarks/sampler.py ${SAMPLER_ARGS:-} --json "$out/sampler_cub_$cub.json" > "$out/sampler_cub_$cub.log" 2>&1
   echo "sampler (cub $cub) exit $?"; grep -v "WARNING\|INFO" "$out/sampler_cub_$cub.log" | tail -7
+done
+fi
+
+if [[ $stages == *" dispatch "* ]]; then
+step "dispatch: host time of one jitted call, as is and per command-buffer update mode"
+for mode in default ${DISPATCH_MODES:-SKIP_TEMP NEVER_UPDATE}; do
+  flags=${XLA_FLAGS:-}; [ "$mode" != default ] && flags="$flags --xla_gpu_command_buffer_update_mode=$mode"
+  XLA_FLAGS="$flags" timeout 120 python3 benchmarks/dispatch_cost.py --json "$out/dispatch_cost_$mode.json" \
+    > "$out/dispatch_cost_$mode.log" 2>&1
+  echo "dispatch ($mode) exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_cost_$mode.log" | tail -7
 done
 fi
 

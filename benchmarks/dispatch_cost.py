@@ -9,7 +9,13 @@ side of a call with the device idle, adding one ingredient of a runner step at a
 * ``+ N weights``: ``N`` device arrays besides (a model's parameters, one leaf each);
 * ``+ donated cache``: a donated array the program updates in place (the KV cache);
 * ``+ K kernels``: a program of about ``K`` kernels (one matmul and one tanh per weight, twice),
-  which XLA runs as a CUDA graph.
+  which XLA runs as a CUDA graph;
+* ``K kernels, same input``: that program handed the same device input every call, so that no
+  buffer it reads moves (the donated cache keeps its address): the graph launch without the
+  update XLA makes when an address changed.
+
+``XLA_FLAGS`` reaches XLA as usual, so a flag's effect (``--xla_gpu_command_buffer_update_mode``,
+say) is one more run of this script with it set.
 
 Prints a table of the median host milliseconds per call and writes JSON (``--json``).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -61,6 +68,8 @@ def cases(num_weights: int) -> dict:
     def words():
         return rng.integers(0, 100, 1024, dtype=np.uint32)
 
+    fixed_words = jax.device_put(words())
+
     def small(x, w):
         return x + w[:64].astype(jnp.float32)[:, None]
 
@@ -91,6 +100,10 @@ def cases(num_weights: int) -> dict:
             lambda *a: keep(f_kernels(*a)),
             lambda: (x, words(), weights, cache[0]),
         ),
+        f"{4 * num_weights} kernels, same input": (
+            lambda *a: keep(f_kernels(*a)),
+            lambda: (x, fixed_words, weights, cache[0]),
+        ),
     }
 
 
@@ -98,14 +111,17 @@ def main() -> None:
     args = parse_args()
     _add_default_xla_flags()
     device = jax.devices()[0]
-    print(f"dispatch cost on {device.device_kind}, jax {jax.__version__}")
+    flags = os.environ.get("XLA_FLAGS", "")
+    print(f"dispatch cost on {device.device_kind}, jax {jax.__version__}, XLA_FLAGS={flags!r}")
     rows = {}
     for name, (fn, make_args) in cases(args.weights).items():
         rows[name] = host_ms(fn, make_args, args.calls)
         print(f"{name:>22} {rows[name]:8.3f} ms host per call")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device.device_kind, "host_ms": rows}, f, indent=1)
+            json.dump(
+                {"device": device.device_kind, "xla_flags": flags, "host_ms": rows}, f, indent=1
+            )
 
 
 if __name__ == "__main__":
