@@ -165,6 +165,12 @@ def test_interpreted_kv_write_is_exact(interpreted, case: str) -> None:
 # (num_computed, num_scheduled, padded tokens)
 GPU_STEPS = {
     "decode_32k": ([32767, 5000, 17, 1023, 8191, 2, 16383], [1] * 7, 16),
+    # no more tokens than request rows (14 + 2 padding): the decode-heavy tiles serving uses
+    "decode_heavy": (
+        [32767, 5000, 17, 1023, 8191, 2, 16383, 300, 4096, 0, 2047, 100, 64, 129],
+        [1] * 14,
+        16,
+    ),
     "prefill": ([0, 0, 0], [2048, 300, 37], 2560),
     "mixed": ([0, 3000, 0, 700, 64], [500, 1, 130, 1, 1], 640),
     "chunked": ([4096, 1000, 33], [512, 256, 1], 1024),
@@ -172,6 +178,8 @@ GPU_STEPS = {
 # (step, num_q_heads, num_kv_heads, head_dim, block_size)
 GPU_CASES = [
     ("decode_32k", 32, 8, 128, 16),
+    ("decode_heavy", 32, 8, 128, 16),  # 16 x 64 tiles
+    ("decode_heavy", 32, 8, 64, 16),  # head_dim 64: 16 x 128 tiles
     ("prefill", 32, 8, 128, 16),
     ("mixed", 32, 8, 128, 16),
     ("mixed", 8, 8, 128, 16),  # GQA ratio 1
@@ -183,8 +191,10 @@ GPU_CASES = [
 ]
 
 
-# Every case in bfloat16 (what serving runs); the three step kinds in float32 too.
-GPU_PARAMS = [(c, jnp.bfloat16) for c in GPU_CASES] + [(c, jnp.float32) for c in GPU_CASES[:3]]
+# Every case in bfloat16 (what serving runs); the decode, prefill and mixed steps in float32 too.
+GPU_PARAMS = [(c, jnp.bfloat16) for c in GPU_CASES] + [
+    (c, jnp.float32) for c in GPU_CASES if c[0] in ("decode_32k", "prefill", "mixed")
+][:3]
 
 
 @pytest.mark.skipif(not ON_GPU, reason="the Triton kernel compiles for NVIDIA GPUs only")
@@ -204,6 +214,11 @@ def test_gpu_kernel_matches_dense(case, dtype) -> None:
         block_size=block_size,
         seed=7,
     )
+    if name == "decode_heavy":  # the case must keep covering the decode tiles
+        cfg = triton_gpu.kernel_config(
+            step.q.shape[0], step.md.block_tables.shape[0], num_q_heads // num_kv_heads, head_dim
+        )
+        assert cfg.block_m == 16 and cfg.block_n == (128 if head_dim == 64 else 64)
     sm_scale = head_dim**-0.5
     fn = jax.jit(lambda *a: triton_gpu.ragged_paged_attention(*a, sm_scale=sm_scale))
     out, kv_cache = fn(
