@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import re
+from collections.abc import Iterator
 
 from vllm_xla_gpu.worker import _add_default_xla_flags
 
@@ -61,41 +62,40 @@ def callees(line: str) -> list[str]:
     return names
 
 
-def control_flow(hlo: str) -> list[dict]:
-    """Conditionals and loops reached from the entry computation, each with what its branches
-    contain (custom-call targets, top-level opcodes)."""
-    comps, entry = computations(hlo)
-    found, seen, todo = [], set(), [entry]
+def walk(comps: dict[str, list[str]], roots: list[str]) -> Iterator[tuple[str, str]]:
+    """``(computation, line)`` of every computation reachable from ``roots``, each once."""
+    seen, todo = set(), list(roots)
     while todo:
         name = todo.pop()
         if name in seen or name not in comps:
             continue
         seen.add(name)
         for line in comps[name]:
-            instr = _INSTR.match(line)
-            if instr is None:
-                continue
-            opcode, called = instr.group(2), callees(line)
-            if opcode in ("conditional", "while"):
-                found.append({"name": instr.group(1), "op": opcode, **_contents(comps, called)})
-            todo += called
+            yield name, line
+            todo += callees(line)
+
+
+def control_flow(hlo: str) -> list[dict]:
+    """Conditionals and loops reached from the entry computation, each with what its branches
+    contain (custom-call targets, top-level opcodes)."""
+    comps, entry = computations(hlo)
+    found = []
+    for _, line in walk(comps, [entry]):
+        instr = _INSTR.match(line)
+        if instr and instr.group(2) in ("conditional", "while"):
+            contents = _contents(comps, callees(line))
+            found.append({"name": instr.group(1), "op": instr.group(2), **contents})
     return found
 
 
 def _contents(comps: dict[str, list[str]], roots: list[str]) -> dict:
     """Custom-call targets anywhere under ``roots``, and the opcodes of their own lines."""
-    targets, opcodes, seen, todo = set(), collections.Counter(), set(), list(roots)
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in comps:
-            continue
-        seen.add(name)
-        for line in comps[name]:
-            targets.update(_TARGET.findall(line))
-            instr = _INSTR.match(line)
-            if instr and name in roots:
-                opcodes[instr.group(2)] += 1
-            todo += callees(line)
+    targets, opcodes = set(), collections.Counter()
+    for name, line in walk(comps, roots):
+        targets.update(_TARGET.findall(line))
+        instr = _INSTR.match(line)
+        if instr and name in roots:
+            opcodes[instr.group(2)] += 1
     return {"custom_calls": sorted(targets), "branch_ops": dict(opcodes.most_common(8))}
 
 
