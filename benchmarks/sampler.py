@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 from vllm_xla_gpu.worker import _add_default_xla_flags
@@ -66,8 +67,6 @@ def time_case(rows: int, vocab_size: int, params: dict, scale: float, iters: int
 def main() -> None:
     args = parse_args()
     _add_default_xla_flags()
-    import os
-
     import jax
 
     device = jax.devices()[0]

@@ -11,7 +11,7 @@ token as the chosen one.
 Here ``k`` is always :data:`MAX_LOGPROBS`, so the shapes depend on the bucket only; the host keeps
 the columns a request asked for. Work is skipped with ``lax.cond`` when no row wants logprobs.
 
-The top ``k`` of a row come from its ``k`` groups of :data:`_GROUP_SIZE` logits with the largest
+The top ``k`` of a row come from its ``k`` groups of :data:`GROUP_SIZE` logits with the largest
 maxima (:func:`grouped_top_k`), never from a sort of the whole vocabulary: ``lax.top_k`` with
 ``k > 16`` sorts, and a ``[256, 128k]`` sort is slow in XLA's own sort kernel, while CUB's radix
 sort (XLA's other choice) cannot be recorded into a CUDA graph (``worker.py``).
@@ -28,8 +28,9 @@ from vllm.v1.outputs import LogprobsLists
 
 from vllm_xla_gpu.sample.metadata import MAX_LOGPROBS
 
-# Logits per group in grouped_top_k: a multiple of a warp, and 4k groups for a 128k vocabulary.
-_GROUP_SIZE = 32
+# Logits per group (grouped_top_k here, top-k/top-p candidates in sampler.py): a multiple of a
+# warp, and 4k groups for a 128k vocabulary.
+GROUP_SIZE = 32
 
 
 class TopLogprobs(NamedTuple):
@@ -87,20 +88,25 @@ def grouped_top_k(
     put back in vocabulary order first, so that ties go to the lower index as in ``lax.top_k``.
     """
     n, vocab_size = x.shape
-    num_groups = -(-vocab_size // _GROUP_SIZE)
-    if num_groups <= k:
+    if -(-vocab_size // GROUP_SIZE) <= k:
         values, ids = jax.lax.top_k(x, k)
         return values, ids.astype(jnp.int32)
-    # Padding sits past the last token: a tie at -inf goes to a real token first.
-    padded = jnp.pad(
-        x, ((0, 0), (0, num_groups * _GROUP_SIZE - vocab_size)), constant_values=-jnp.inf
-    )
-    groups = padded.reshape(n, num_groups, _GROUP_SIZE)
+    groups = logit_groups(x)
     group_ids = jnp.sort(jax.lax.top_k(jnp.max(groups, axis=-1), k)[1], axis=-1)
     members = jnp.take_along_axis(groups, group_ids[:, :, None], axis=1).reshape(n, -1)
     values, positions = jax.lax.top_k(members, k)
-    group_of = jnp.take_along_axis(group_ids, positions // _GROUP_SIZE, axis=-1)
-    return values, (group_of * _GROUP_SIZE + positions % _GROUP_SIZE).astype(jnp.int32)
+    group_of = jnp.take_along_axis(group_ids, positions // GROUP_SIZE, axis=-1)
+    return values, (group_of * GROUP_SIZE + positions % GROUP_SIZE).astype(jnp.int32)
+
+
+def logit_groups(
+    x: jax.Array,  # f32[n, vocab_size]
+) -> jax.Array:  # f32[n, ceil(vocab_size / GROUP_SIZE), GROUP_SIZE]
+    """Each row cut into groups of :data:`GROUP_SIZE`; the last is padded with ``-inf``, past
+    the last token, so a tie at ``-inf`` goes to a real token first."""
+    n, vocab_size = x.shape
+    padded = jnp.pad(x, ((0, 0), (0, -vocab_size % GROUP_SIZE)), constant_values=-jnp.inf)
+    return padded.reshape(n, -1, GROUP_SIZE)
 
 
 def _num_top(vocab_size: int) -> int:

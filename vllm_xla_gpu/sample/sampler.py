@@ -24,16 +24,17 @@ uses them, masks, penalties and logprobs when no row asks for them. The module o
 Top-k and top-p without sorting the vocabulary. Both keep every logit at or above a per-row
 threshold, which vLLM finds by sorting the whole row. On an H100, XLA sorts a ``[256, 128k]`` block
 in about 2.3 ms (``lax.top_k`` with k > 16 sorts too): longer than a decode step of a small model.
-Here the row is cut into groups of ``_GROUP_SIZE`` logits and only the ``_NUM_CANDIDATE_GROUPS``
-groups with the largest maxima are sorted. The thresholds found among these candidates are exact
-when every logit left outside is below the threshold, which holds whenever top-k/top-p keep at
-most ``_NUM_CANDIDATE_GROUPS`` tokens (each kept token's group is then among the candidates). A
-step where some row keeps more (a wide nucleus: top-p near 1 on a flat distribution) sorts the
-full rows instead, so the result is always exact. Measured on an H100 (2026-11-24, vocab 128256,
-8 / 64 / 256 rows, whole ``sample``): greedy-only 0.12 / 0.14 / 0.13 ms, temperature only
-0.12 / 0.24 / 0.53 ms, top-k/top-p from the candidates 0.15 / 0.4 / 0.8 ms, the full-sort step
-0.44 / 1.4 / 3.5 ms. The kept sets equal vLLM's, except that a tie at the top-p boundary is kept
-whole (vLLM's sort may split it) and the top-p sums are rounded in a different order.
+Here the row is cut into groups of 32 logits (``logprobs.logit_groups``) and only the
+``_NUM_CANDIDATE_GROUPS`` groups with the largest maxima are sorted. The thresholds found among
+these candidates are exact when every logit left outside is below the threshold, which holds
+whenever top-k/top-p keep at most ``_NUM_CANDIDATE_GROUPS`` tokens (each kept token's group is then
+among the candidates). A step where some row keeps more (a wide nucleus: top-p near 1 on a flat
+distribution) sorts the full rows instead, so the result is always exact. Measured on an H100
+(2026-11-24, vocab 128256, 8 / 64 / 256 rows, whole ``sample``): greedy-only 0.12 / 0.14 / 0.13 ms,
+temperature only 0.12 / 0.24 / 0.53 ms, top-k/top-p from the candidates 0.15 / 0.4 / 0.8 ms, the
+full-sort step 0.44 / 1.4 / 3.5 ms. The kept sets equal vLLM's, except that a tie at the top-p
+boundary is kept whole (vLLM's sort may split it) and the top-p sums are rounded in a different
+order.
 """
 
 from __future__ import annotations
@@ -44,12 +45,11 @@ import jax
 import jax.numpy as jnp
 
 from vllm_xla_gpu.sample.logits_processors import apply_logits_processors, apply_token_bitmask
-from vllm_xla_gpu.sample.logprobs import TopLogprobs, top_logprobs_if
+from vllm_xla_gpu.sample.logprobs import TopLogprobs, logit_groups, top_logprobs_if
 from vllm_xla_gpu.sample.metadata import SAMPLING_EPS, SamplingMetadata
 
-# Top-k/top-p candidates: groups of this many logits, and how many groups (by largest member) to
-# sort. Kept sets of up to _NUM_CANDIDATE_GROUPS tokens never need the full sort.
-_GROUP_SIZE = 32
+# Top-k/top-p candidates: how many groups of logits (by largest member) to sort. Kept sets of up
+# to _NUM_CANDIDATE_GROUPS tokens never need the full sort.
 _NUM_CANDIDATE_GROUPS = 128
 
 
@@ -204,9 +204,8 @@ def _top_candidates(
 ) -> tuple[jax.Array, jax.Array]:  # f32[num_reqs, num_candidates], f32[num_reqs]
     """The logits of the groups with the largest maxima, sorted descending, and the largest
     logit left outside them (``-inf`` when nothing is left out)."""
-    num_reqs, vocab_size = logits.shape
-    padded = jnp.pad(logits, ((0, 0), (0, -vocab_size % _GROUP_SIZE)), constant_values=-jnp.inf)
-    groups = padded.reshape(num_reqs, -1, _GROUP_SIZE)
+    num_reqs = logits.shape[0]
+    groups = logit_groups(logits)
     num_groups = groups.shape[1]
     if num_groups <= _NUM_CANDIDATE_GROUPS:  # a small vocabulary: every logit is a candidate
         return jnp.sort(logits, axis=-1, descending=True), jnp.full(num_reqs, -jnp.inf)
