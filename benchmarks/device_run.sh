@@ -14,7 +14,8 @@
 #   sampler    benchmarks/sampler_control_flow.py and benchmarks/sampler.py (CUB sort off, then
 #              on): the sampler's conditionals and its time per step (not in the default set).
 #   dispatch   benchmarks/dispatch_cost.py as is and with each XLA command-buffer update mode in
-#              DISPATCH_MODES (not in the default set).
+#              DISPATCH_MODES; an entry that starts with -- is a whole XLA flag instead (e.g.
+#              --xla_gpu_enable_command_buffer= for no graphs) (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -61,10 +62,16 @@ fi
 if [[ $stages == *" dispatch "* ]]; then
 step "dispatch: host time of one jitted call, as is and per command-buffer update mode"
 for mode in default ${DISPATCH_MODES:-SKIP_TEMP NEVER_UPDATE}; do
-  flags=${XLA_FLAGS:-}; [ "$mode" != default ] && flags="$flags --xla_gpu_command_buffer_update_mode=$mode"
-  XLA_FLAGS="$flags" timeout 120 python3 benchmarks/dispatch_cost.py --json "$out/dispatch_cost_$mode.json" \
-    > "$out/dispatch_cost_$mode.log" 2>&1
-  echo "dispatch ($mode) exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_cost_$mode.log" | tail -7
+  flags=${XLA_FLAGS:-}
+  case $mode in
+    default) ;;
+    --*) flags="$flags $mode" ;;
+    *) flags="$flags --xla_gpu_command_buffer_update_mode=$mode" ;;
+  esac
+  tag=$(echo "$mode" | tr -c 'A-Za-z0-9_\n' '_')
+  XLA_FLAGS="$flags" timeout 120 python3 benchmarks/dispatch_cost.py --json "$out/dispatch_cost_$tag.json" \
+    > "$out/dispatch_cost_$tag.log" 2>&1
+  echo "dispatch ($mode) exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_cost_$tag.log" | tail -8
 done
 fi
 
