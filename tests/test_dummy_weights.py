@@ -7,7 +7,8 @@ reference. Every tensor must have the reference's name and shape. Tensors drawn 
 must hold varied values inside vLLM's range ``[-1e-3, 1e-3]``; every other tensor must equal the
 reference exactly: vLLM's seeded fill of the norms, the KV scales that processing resets to 1,
 the rotary cache. The engine must then generate without compiling anything after its warm-up,
-and tied embeddings (Qwen3) must stay one array.
+and tied embeddings (Qwen3) must stay one array. The sampler's programs must be handed
+the LM head alone.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _ours_and_vllms(worker) -> tuple[dict, dict, list[str], bool]:
     ours = runner.params
     dtype_mismatches = [k for k in reference if k in ours and ours[k].dtype != reference[k].dtype]
     tied = ours.get("model.lm_head.weight") is ours.get("model.model.embed_tokens.weight")
+    # The sampler is handed only what compute_logits reads: the LM head (the embedding if tied).
+    logits = runner.logits_params
+    assert (
+        list(logits) == ["model.lm_head.weight"]
+        and logits[list(logits)[0]] is ours[list(logits)[0]]
+    )
     as_numpy = lambda params: {k: np.asarray(v, np.float32) for k, v in params.items()}  # noqa: E731
     return as_numpy(ours), as_numpy(reference), dtype_mismatches, tied
 

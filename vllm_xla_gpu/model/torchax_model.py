@@ -18,6 +18,7 @@ Two details make this work for every model (each learned from an error):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -70,6 +71,22 @@ def extract_params(
                 by_tensor[key] = jax.device_put(t2j(tensor.detach()), device)
             params[f"{module_name}.{attr}" if module_name else attr] = by_tensor[key]
     return params
+
+
+def params_read_by(fn: Callable[..., Any], params: Params, *args: Any) -> Params:
+    """The entries of ``params`` that ``fn(params, *args)`` reads.
+
+    ``fn`` is traced once on abstract values (nothing runs on a device). The sampler needs only
+    the LM head of a model's hundreds of arrays, and a jitted call pays host time for every
+    array it is handed, used or not (XLA drops unused ones from the program, but JAX still
+    checks each at every call).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (params, args))
+    jaxpr = jax.make_jaxpr(fn)(shapes[0], *shapes[1]).jaxpr
+    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars} | {id(v) for v in jaxpr.outvars}
+    keys = jax.tree.unflatten(treedef, range(len(leaves)))
+    return {name: params[name] for name, i in keys.items() if id(jaxpr.invars[i]) in read}
 
 
 class TorchaxModel:

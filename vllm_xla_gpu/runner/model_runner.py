@@ -55,7 +55,7 @@ from vllm_xla_gpu.model.dummy_weights import (
     load_dummy_model,
     uses_device_dummy_weights,
 )
-from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params
+from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params, params_read_by
 from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_attention_impl
 from vllm_xla_gpu.ops.torch_op import register_torch_op
 from vllm_xla_gpu.runner.async_output import AsyncXlaModelRunnerOutput, Placeholder, PrevSampled
@@ -152,6 +152,13 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.model = torch_model
         self.jax_model = TorchaxModel(torch_model)
         jax.block_until_ready(self.params)
+        # The sampler and prompt logprobs compute logits only: hand them the LM head's arrays,
+        # not the whole model (host time per call grows with the arrays handed over).
+        model_config = self.vllm_config.model_config
+        hidden = jax.ShapeDtypeStruct(
+            (1, model_config.get_hidden_size()), t2j_dtype(model_config.dtype)
+        )
+        self.logits_params = params_read_by(self._compute_logits, self.params, hidden)
         self.load_seconds = time.perf_counter() - start
         logger.info("Model loaded onto %s in %.1f s", self.device, self.load_seconds)
 
@@ -216,10 +223,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         model_step = self._model_step.lower(self.params, kv, prev, *pack(inputs))
         hidden = model_step.out_info[0]
         md = idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
-        sample_step = self._sample_step.lower(self.params, hidden, *pack(md))
+        sample_step = self._sample_step.lower(self.logits_params, hidden, *pack(md))
         hidden_all = model_step.out_info[2]
         targets = jax.ShapeDtypeStruct((hidden_all.shape[0],), jnp.int32, sharding=sharding)
-        prompt_step = self._prompt_logprobs_step.lower(self.params, hidden_all, targets)
+        prompt_step = self._prompt_logprobs_step.lower(self.logits_params, hidden_all, targets)
         programs = (model_step, sample_step, prompt_step)
         largest_weight = max(x.nbytes for x in jax.tree.leaves(self.params))
         return sum(_scratch(lowered) for lowered in programs) + largest_weight
@@ -265,7 +272,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         md = self.sampling_inputs.to_metadata(
             step.rows, history, pad_to_bucket(num_reqs, self.request_buckets), bitmask
         )
-        out, padded_ids = self._sample_step(self.params, step.hidden, *pack(md))
+        out, padded_ids = self._sample_step(self.logits_params, step.hidden, *pack(md))
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
         self._prev_sampled = PrevSampled(
@@ -300,7 +307,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         prompts = [self.requests[c.req_id].prompt_token_ids for c in chunks]
         targets = self.prompt_logprobs.targets(chunks, prompts, step.hidden_all.shape[0])
         # numpy straight to jit, whose dispatch moves it (runner/transfer.py)
-        top = self._prompt_logprobs_step(self.params, step.hidden_all, targets)
+        top = self._prompt_logprobs_step(self.logits_params, step.hidden_all, targets)
         return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
     def _add_placeholders(self, step: _PendingStep) -> tuple[np.ndarray, list[Placeholder]]:

@@ -157,12 +157,12 @@ class PrecompileMixin:
 
     def _sample_step_call(self, num_reqs: int) -> WarmUpCall:
         md = idle_metadata(self.sampling_inputs, num_reqs)
-        return WarmUpCall(self._sample_step, (self.params, self._hidden_template, *pack(md)))
+        return WarmUpCall(self._sample_step, (self.logits_params, self._hidden_template, *pack(md)))
 
     def _prompt_logprobs_call(self, hidden_all: jax.Array) -> WarmUpCall:
         # numpy targets, as in serving: one program for both
         targets = np.zeros(hidden_all.shape[0], np.int32)
-        return WarmUpCall(self._prompt_logprobs_step, (self.params, hidden_all, targets))
+        return WarmUpCall(self._prompt_logprobs_step, (self.logits_params, hidden_all, targets))
 
 
 def idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
