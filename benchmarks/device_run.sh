@@ -23,6 +23,7 @@
 #   throughput-cuda  the same with vLLM's own CUDA build, installed from .baseline/ (install.sh a, b,
 #                    c) into ${VLLM_CUDA_SITE:-~/.cache/vllm-cuda}; this plugin steps aside.
 #   throughput-ab    this backend as is (A) and with TP_AB_ENV=VAR=VALUE set (B), run A B B A.
+#   throughput-flags this backend as is, with each XLA flag of TP_FLAGS, and as is again.
 #   Each writes $OUT/throughput_<backend>_<arch>[_TP_TAG].json for benchmarks/compare.py.
 # Run there as:  source .device/setup.sh && bash benchmarks/device_run.sh
 # (.device from ../shared/device/make-bundle.sh; .whl holds pytest; .device-assets the tokenizer)
@@ -143,6 +144,16 @@ tag=${TP_TAG:-ab}
 for run in a1 b1 b2 a2; do
   if [[ $run == b* ]]; then (export "$TP_AB_ENV"; TP_TAG=${tag}_$run throughput xla)
   else TP_TAG=${tag}_$run throughput xla; fi
+done
+fi
+if [[ $stages == *" throughput-flags "* ]]; then
+# One run per XLA flag in TP_FLAGS (each added to the worker's defaults), between two runs as is.
+step "throughput per XLA flag: as is, then each of TP_FLAGS, then as is again"
+i=0
+for flag in default ${TP_FLAGS:?set TP_FLAGS to XLA flags} default; do
+  i=$((i + 1)); tag=$i$(echo "_${flag#--xla_gpu_}" | tr -c 'A-Za-z0-9_\n' '_')
+  if [ "$flag" = default ]; then TP_TAG=${TP_TAG:-flags}_$tag throughput xla
+  else (export XLA_FLAGS="$flag"; TP_TAG=${TP_TAG:-flags}_$tag throughput xla); fi
 done
 fi
 if [[ $stages == *" throughput-cuda "* ]]; then

@@ -12,7 +12,8 @@ side of a call with the device idle, adding one ingredient of a runner step at a
   which XLA runs as a CUDA graph;
 * ``K kernels, same input``: that program handed the same device input every call, so that no
   buffer it reads moves (the donated cache keeps its address): the graph launch without the
-  update XLA makes when an address changed.
+  update XLA makes when an address changed (each call's output is freed before the next, so
+  the allocator can hand the next one the same address).
 
 ``XLA_FLAGS`` reaches XLA as usual, so a flag's effect (``--xla_gpu_command_buffer_update_mode``,
 say) is one more run of this script with it set.
@@ -53,6 +54,9 @@ def host_ms(fn, make_args, calls: int) -> float:
         out = fn(*args)
         times.append((time.perf_counter() - start) * 1e3)
         jax.block_until_ready(out)
+        # Freed before the next call, so that the next output can take the same address (with
+        # the same input, then, no buffer of the graph moves and XLA has nothing to update).
+        del out
     return statistics.median(times)
 
 
