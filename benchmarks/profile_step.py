@@ -110,6 +110,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
     return {
         "host_ms_per_step": host_functions(events, device_pids, num_steps),
         **control_flow(events, device_pids, num_steps),
+        "graph_runtime": graph_runtime(events, device_pids, num_steps),
         "steps": num_steps,
         "window_ms_per_step": window_us / num_steps / 1e3,
         "device_busy_ms_per_step": busy_us / num_steps / 1e3,
@@ -168,6 +169,29 @@ def control_flow(events: list, device_pids: set, num_steps: int) -> dict:
     return {
         "host_control_flow_ms_per_step": {n: us / num_steps / 1e3 for n, us in top},
         "command_buffers_per_step": graphs / num_steps,
+    }
+
+
+# XLA's host-side runtime events of a program run: the whole execution per program, the CUDA
+# graph launch per graph, and the update of a recorded graph whose buffers moved.
+_GRAPH_RUNTIME = re.compile(
+    r"^(CommonPjRtLoadedExecutable::Execute \(|cuGraphLaunch|command_buffer::update$)"
+)
+
+
+def graph_runtime(events: list, device_pids: set, num_steps: int) -> dict:
+    """Per step: host milliseconds and count of each XLA runtime event above. An update in
+    every run of a graph means some buffer it records moved since the last run; a launch
+    after an update also uploads the changed nodes."""
+    totals, counts = collections.defaultdict(float), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") not in device_pids:
+            if _GRAPH_RUNTIME.match(e["name"]):
+                totals[e["name"][:70]] += e["dur"]
+                counts[e["name"][:70]] += 1
+    return {
+        name: {"ms_per_step": us / num_steps / 1e3, "count_per_step": counts[name] / num_steps}
+        for name, us in sorted(totals.items(), key=lambda kv: -kv[1])
     }
 
 
