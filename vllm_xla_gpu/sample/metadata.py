@@ -173,8 +173,13 @@ class SamplingInputs:
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.device = device
-        for name, value in _DEFAULT_ROW.items():
-            setattr(self, name, np.full(max_num_reqs, value, _DTYPES[name]))
+        # One 32-bit word per (field, row), plus a last column of defaults that padding rows
+        # copy: a step gathers every per-row field with one indexing operation. Each field's
+        # attribute (``self.temperature``...) is a typed view of its row of the table.
+        self._rows = np.empty((len(_DEFAULT_ROW), max_num_reqs + 1), np.uint32)
+        for i, (name, value) in enumerate(_DEFAULT_ROW.items()):
+            self._rows[i].view(_DTYPES[name])[:] = value
+            setattr(self, name, self._rows[i, :max_num_reqs].view(_DTYPES[name]))
         self.options: list[_RowOptions | None] = [None] * max_num_reqs
         self._constants: dict[tuple, jax.Array] = {}
 
@@ -229,7 +234,10 @@ class SamplingInputs:
         num_reqs = len(rows)
         if num_reqs > num_reqs_padded:
             raise ValueError(f"{num_reqs=} rows do not fit in {num_reqs_padded=}")
-        fields = {name: self._gather(name, rows, num_reqs_padded) for name in _DEFAULT_ROW}
+        index = np.full(num_reqs_padded, self.max_num_reqs, np.intp)  # the defaults column
+        index[:num_reqs] = rows
+        gathered = self._rows[:, index]
+        fields = {name: gathered[i].view(_DTYPES[name]) for i, name in enumerate(_DEFAULT_ROW)}
         fields["step"] = np.zeros(num_reqs_padded, np.int32)
         fields["step"][:num_reqs] = history.num_tokens[rows] - history.num_prompt_tokens[rows]
         options = [self.options[r] for r in rows]
@@ -242,12 +250,6 @@ class SamplingInputs:
         return SamplingMetadata(**fields)
 
     # ---- one field group each -------------------------------------------------------------
-
-    def _gather(self, name: str, rows: np.ndarray, num_reqs_padded: int) -> np.ndarray:
-        values = getattr(self, name)
-        out = np.full(num_reqs_padded, _DEFAULT_ROW[name], values.dtype)
-        out[: len(rows)] = values[rows]
-        return out
 
     def _penalty_history(self, rows, history: TokenHistory, num_reqs_padded: int) -> dict:
         num_reqs = len(rows)
@@ -314,7 +316,7 @@ class SamplingInputs:
         Uncommitted (placed on the default device, which is the runner's): the same field of
         another step may be a numpy array, which jit also treats as uncommitted, and both must
         map to one compiled program."""
-        key = (shape, np.dtype(dtype).name, value)
+        key = (shape, dtype, value)  # dtype as given: numpy's dtype.name is slow
         if key not in self._constants:
             with jax.default_device(self.device):
                 self._constants[key] = jnp.asarray(np.full(shape, value, dtype))
