@@ -274,11 +274,19 @@ def test_structured_output_parses(llm):
 # ---- mixing ------------------------------------------------------------------------------
 
 
+def _greedy_steps(worker) -> int:
+    return worker.model_runner.num_greedy_steps
+
+
 def test_greedy_same_alone_and_in_mixed_batch(llm):
+    """Plain greedy requests alone take the argmax-only program; in a batch with other options
+    they take the whole sampler. Both must give the same tokens."""
     greedy_prompts = prompts_of([9, 33], seed=6)
     other_prompts = prompts_of([5, 12, 20, 7, 15], seed=7)
     params = greedy(10, ignore_eos=True)
+    before = llm.collective_rpc(_greedy_steps)[0]
     alone = [list(c.token_ids) for c in generate(llm, greedy_prompts, params)[0]]
+    after_alone = llm.collective_rpc(_greedy_steps)[0]
     mixed_params = [
         SamplingParams(temperature=0.9, top_k=20, seed=1, max_tokens=10),
         greedy(10, repetition_penalty=1.5, logit_bias={5: 3.0}, ignore_eos=True),
@@ -290,8 +298,13 @@ def test_greedy_same_alone_and_in_mixed_batch(llm):
     prompts += [greedy_prompts[1], *other_prompts[3:]]
     all_params = [mixed_params[0], params, *mixed_params[1:3], params, *mixed_params[3:]]
     mixed = [list(c.token_ids) for c in generate(llm, prompts, all_params)[0]]
+    after_mixed = llm.collective_rpc(_greedy_steps)[0]
 
     assert [mixed[1], mixed[4]] == alone
+    assert after_alone - before >= 10  # every sampling step of the greedy pair
+    # Mixed: argmax-only steps only once every other request has finished (the structured
+    # request stops after 2 tokens, the sampled ones after 6-10); never more than the pair's.
+    assert after_mixed - after_alone < after_alone - before
 
 
 def test_nothing_compiled_after_warmup(llm):

@@ -6,18 +6,20 @@ Per step (DESIGN.md §4)::
                     -> prepare_step_inputs (pad to a token bucket) -> one packed transfer
                     -> model_step(params, kv_caches[donated], inputs)   # vLLM's model via torchax
                     -> sample_step(params, hidden, sampling_metadata)   # logits + sampler
+                       (or greedy_step(params, hidden): the argmax, when every row is greedy)
                     -> tokens (and logprobs) to host -> ModelRunnerOutput
 
 Under vLLM's async scheduling the last arrow waits: ``sample_tokens`` returns an
 ``AsyncModelRunnerOutput``, and the next step reads the tokens it needs from the previous step's
 sampled ids on the device (``runner/async_output.py``).
 
-Three jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
+Four jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
 ``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
 not depend on the request count), ``sample_step`` per *request* bucket (every sampling option,
-structured output and logprobs are data of fixed shapes: ``sample/metadata.py``), and
-``prompt_logprobs_step`` per token bucket, run only in steps where a request wants prompt
-logprobs. The runner owns the
+structured output and logprobs are data of fixed shapes: ``sample/metadata.py``),
+``greedy_step`` per request bucket (only the argmax, for steps whose every request is plain
+greedy: vLLM's all-greedy shortcut, chosen on the host), and ``prompt_logprobs_step`` per token
+bucket, run only in steps where a request wants prompt logprobs. The runner owns the
 model parameters, the per-layer KV caches (donated through every step), the persistent batch and
 the compile guard that proves serving compiles nothing.
 """
@@ -113,6 +115,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
         self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,), static_argnums=(5,))
         self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(4,))
+        self._greedy_step = jax.jit(self._greedy_step_fn, static_argnums=(2,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         self.prompt_logprobs = PromptLogprobsState()
         self.vocab_size = vllm_config.model_config.get_vocab_size()
@@ -128,6 +131,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # Steps whose input tokens came from the device, and host waits for an output vLLM had
         # not collected yet (before penalties, or a fallback): tests and benchmarks read them.
         self.num_steps_with_device_tokens = 0
+        self.num_greedy_steps = 0  # steps sampled by the argmax-only program
         self.num_early_resolves = 0
         # Seconds the host spent waiting for sampled tokens, over how many outputs: near the
         # device's step time means the host keeps up; near zero means the host is the limit.
@@ -269,10 +273,15 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             self.batch.token_ids, self.batch.num_prompt_tokens, self.batch.num_tokens
         )
         bitmask = ordered_grammar_bitmask(grammar_output, step.req_ids, self.vocab_size)
-        md = self.sampling_inputs.to_metadata(
-            step.rows, history, pad_to_bucket(num_reqs, self.request_buckets), bitmask
-        )
-        out, padded_ids = self._sample_step(self.logits_params, step.hidden, *pack(md))
+        num_reqs_padded = pad_to_bucket(num_reqs, self.request_buckets)
+        if bitmask is None and self.sampling_inputs.plain_greedy(step.rows):
+            # A much smaller program than the sampler's, with no metadata to stage: at batch 1
+            # the host's cost of launching a program grows with its size (docs/performance.md).
+            self.num_greedy_steps += 1
+            out, padded_ids = self._greedy_step(self.logits_params, step.hidden, num_reqs_padded)
+        else:
+            md = self.sampling_inputs.to_metadata(step.rows, history, num_reqs_padded, bitmask)
+            out, padded_ids = self._sample_step(self.logits_params, step.hidden, *pack(md))
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
         self._prev_sampled = PrevSampled(
@@ -426,6 +435,17 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         out = sample(self._compute_logits(params, hidden[:num_reqs]), md)
         padded = jnp.zeros(self.max_num_reqs, jnp.int32).at[:num_reqs].set(out.sampled_token_ids)
         return out, padded
+
+    def _greedy_step_fn(
+        self, params: dict, hidden: jax.Array, num_reqs: int
+    ) -> tuple[SamplerOutput, jax.Array]:
+        """``_sample_step_fn`` for a step whose rows are all plain greedy
+        (``SamplingInputs.plain_greedy``): the argmax of the logits of the first ``num_reqs``
+        rows, which is what the sampler picks for such rows. No logprobs (``None``)."""
+        logits = self._compute_logits(params, hidden[:num_reqs])
+        sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        padded = jnp.zeros(self.max_num_reqs, jnp.int32).at[:num_reqs].set(sampled)
+        return SamplerOutput(sampled, None), padded
 
     def _prompt_logprobs_fn(
         self, params: dict, hidden_all: jax.Array, targets: jax.Array

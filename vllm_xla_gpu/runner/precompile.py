@@ -82,9 +82,9 @@ class PrecompileMixin:
     """Start-up compilation of ``XlaGpuModelRunner`` (see the module docstring)."""
 
     def precompile(self) -> float:
-        """Compile ``model_step`` for every token bucket, ``sample_step`` for every request
-        bucket and ``prompt_logprobs_step`` for every token bucket, with a progress bar, and run
-        each once; then arm the compile guard. Returns the seconds spent.
+        """Compile ``model_step`` for every token bucket, ``sample_step`` and ``greedy_step`` for
+        every request bucket and ``prompt_logprobs_step`` for every token bucket, with a progress
+        bar, and run each once; then arm the compile guard. Returns the seconds spent.
 
         Programs are lowered one at a time and compiled on ``compile_threads`` threads
         (``runner/precompile.py``); the sampler's lowering needs a model step's output, so the
@@ -93,13 +93,14 @@ class PrecompileMixin:
         self.warm_up_recompiles = 0
         if self.config.precompile:
             threads = self.compile_threads()
-            total = 2 * len(self.token_buckets) + len(self.request_buckets)
+            total = 2 * len(self.token_buckets) + 2 * len(self.request_buckets)
             with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
                 model_calls = [self._model_step_call(n) for n in self.token_buckets]
                 compile_ahead(model_calls, threads, bar.update)
                 outputs = self._run_warm_ups(model_calls)
                 self._hidden_template = outputs[-1][0]
                 sampler_calls = [self._sample_step_call(n) for n in self.request_buckets]
+                sampler_calls += [self._greedy_step_call(n) for n in self.request_buckets]
                 sampler_calls += [
                     self._prompt_logprobs_call(hidden_all) for _, _, hidden_all in outputs
                 ]
@@ -158,6 +159,9 @@ class PrecompileMixin:
     def _sample_step_call(self, num_reqs: int) -> WarmUpCall:
         md = idle_metadata(self.sampling_inputs, num_reqs)
         return WarmUpCall(self._sample_step, (self.logits_params, self._hidden_template, *pack(md)))
+
+    def _greedy_step_call(self, num_reqs: int) -> WarmUpCall:
+        return WarmUpCall(self._greedy_step, (self.logits_params, self._hidden_template, num_reqs))
 
     def _prompt_logprobs_call(self, hidden_all: jax.Array) -> WarmUpCall:
         # numpy targets, as in serving: one program for both

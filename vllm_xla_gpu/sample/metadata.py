@@ -205,6 +205,19 @@ class SamplingInputs:
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
         self.options[row] = _row_options(params, self.vocab_size)
 
+    def plain_greedy(self, rows: np.ndarray) -> bool:
+        """Whether every row takes the argmax of its raw logits: greedy, without logprobs,
+        penalties, logit bias or token masks (vLLM's sampler has the same all-greedy shortcut).
+        The grammar bitmask is the caller's to check."""
+        return bool(
+            (self.temperature[rows] == 0).all()
+            and (self.num_logprobs[rows] < 0).all()
+            and (self.presence_penalty[rows] == 0).all()
+            and (self.frequency_penalty[rows] == 0).all()
+            and (self.repetition_penalty[rows] == 1).all()
+            and all(self.options[r] is None for r in rows.tolist())
+        )
+
     def clear(self, row: int) -> None:
         """Reset ``row`` to the greedy defaults (the request left the batch)."""
         for name, value in _DEFAULT_ROW.items():
