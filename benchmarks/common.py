@@ -89,6 +89,10 @@ def worker_stats(worker: Any) -> dict:
         stats["device"] = getattr(device, "device_kind", str(device))
         stats["load_s"] = runner.load_seconds
         stats["compile_s"] = runner.compile_seconds
+        # lowering / XLA or its cache / warm-up runs, and the KV budget's memory analysis
+        # (0 where the budget was given or the device reports no memory)
+        stats["compile_split_s"] = dict(runner.compile_split_seconds)
+        stats["kv_budget_analysis_s"] = getattr(runner, "scratch_seconds", 0.0)
         stats["compiles_since_warmup"] = runner.compile_guard.since_warmup()
         # Async scheduling: steps whose input tokens stayed on the device, and host waits for
         # a step's tokens before its output was collected (each one stalls the pipeline).

@@ -362,6 +362,13 @@ def print_report(r: dict) -> None:
             else ""
         )
         print(f"engine start {s['engine_s']:.1f} s{split}")
+    if "compile_split_s" in s:
+        c = s["compile_split_s"]
+        print(
+            f"compile: lowering {c['lower']:.1f} s, XLA or its cache {c['compile']:.1f} s, "
+            f"warm-up runs {c['warm_up_runs']:.1f} s; KV budget analysis "
+            f"{s['kv_budget_analysis_s']:.1f} s"
+        )
     if "compiles_since_warmup" in s:
         print(f"compilations after warm-up: {s['compiles_since_warmup']}")
     if "token_wait_ms_per_output" in s:
@@ -374,6 +381,13 @@ def print_report(r: dict) -> None:
         for label in ("cold", "warm"):
             st = r["restart"][label]
             split = f" (compile {st['compile_s']:.1f} s)" if "compile_s" in st else ""
+            if "compile_split_s" in st:
+                c = st["compile_split_s"]
+                split = (
+                    f" (compile {st['compile_s']:.1f} s: lowering {c['lower']:.1f}, XLA or its"
+                    f" cache {c['compile']:.1f}, warm-up runs {c['warm_up_runs']:.1f}; KV budget"
+                    f" analysis {st['kv_budget_analysis_s']:.1f} s)"
+                )
             print(f"{label} start: engine {st['engine_s']:.1f} s{split}")
     if r["throughput"]:
         header = f"{'workload':>10} {'prompts':>7} {'req/s':>8} {'output tok/s':>12}"

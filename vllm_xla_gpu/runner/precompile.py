@@ -58,24 +58,30 @@ class WarmUpCall:
 
 def compile_ahead(
     calls: Sequence[WarmUpCall], threads: int, on_compiled: Callable[[], None]
-) -> None:
+) -> tuple[float, float]:
     """Lower ``calls`` one by one, then compile them on ``threads`` threads (1: in order).
 
     Args:
         calls: the programs, with their warm-up arguments.
         threads: compilations in flight at once.
         on_compiled: called after each compilation (progress bars).
+
+    Returns:
+        Seconds spent lowering, then compiling (or loading from JAX's persistent cache).
     """
+    start = time.perf_counter()
     lowered = [call.fn.lower(*call.args) for call in calls]
+    lowered_at = time.perf_counter()
     if threads <= 1:
         for program in lowered:
             program.compile()
             on_compiled()
-        return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xla-compile") as pool:
-        for future in as_completed([pool.submit(program.compile) for program in lowered]):
-            future.result()  # re-raises a compilation error here
-            on_compiled()
+    else:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xla-compile") as pool:
+            for future in as_completed([pool.submit(program.compile) for program in lowered]):
+                future.result()  # re-raises a compilation error here
+                on_compiled()
+    return lowered_at - start, time.perf_counter() - lowered_at
 
 
 class PrecompileMixin:
@@ -91,13 +97,16 @@ class PrecompileMixin:
         model steps go first."""
         start = time.perf_counter()
         self.warm_up_recompiles = 0
+        # Where start-up compilation goes (seconds): tracing and lowering on one thread, XLA
+        # (or JAX's persistent cache) on several, and one run of each program.
+        split = dict(lower=0.0, compile=0.0, warm_up_runs=0.0)
         if self.config.precompile:
             threads = self.compile_threads()
             total = 2 * len(self.token_buckets) + 2 * len(self.request_buckets)
             with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
                 model_calls = [self._model_step_call(n) for n in self.token_buckets]
-                compile_ahead(model_calls, threads, bar.update)
-                outputs = self._run_warm_ups(model_calls)
+                _add(split, compile_ahead(model_calls, threads, bar.update))
+                outputs = self._run_warm_ups(model_calls, split)
                 self._hidden_template = outputs[-1][0]
                 sampler_calls = [self._sample_step_call(n) for n in self.request_buckets]
                 sampler_calls += [self._greedy_step_call(n) for n in self.request_buckets]
@@ -105,21 +114,26 @@ class PrecompileMixin:
                     self._prompt_logprobs_call(hidden_all) for _, _, hidden_all in outputs
                 ]
                 del outputs
-                compile_ahead(sampler_calls, threads, bar.update)
-                self._run_warm_ups(sampler_calls)
+                _add(split, compile_ahead(sampler_calls, threads, bar.update))
+                self._run_warm_ups(sampler_calls, split)
             if self.warm_up_recompiles:
                 logger.warning(
                     "%d programs compiled again at their warm-up run", self.warm_up_recompiles
                 )
         self.compile_guard.mark_warmed_up()
         self.compile_seconds = time.perf_counter() - start
+        self.compile_split_seconds = split
         logger.info(
-            "Compiled %d token buckets %s and %d request buckets %s in %.1f s",
+            "Compiled %d token buckets %s and %d request buckets %s in %.1f s "
+            "(lowering %.1f s, XLA or its cache %.1f s, warm-up runs %.1f s)",
             len(self.token_buckets),
             self.token_buckets,
             len(self.request_buckets),
             self.request_buckets,
             self.compile_seconds,
+            split["lower"],
+            split["compile"],
+            split["warm_up_runs"],
         )
         return self.compile_seconds
 
@@ -134,10 +148,12 @@ class PrecompileMixin:
             return self.config.compile_threads
         return min(4, os.cpu_count() or 1)
 
-    def _run_warm_ups(self, calls: list[WarmUpCall]) -> list:
-        """Run each compiled-ahead call once, in order; count compilations they still needed.
+    def _run_warm_ups(self, calls: list[WarmUpCall], split: dict[str, float]) -> list:
+        """Run each compiled-ahead call once, in order; count compilations they still needed
+        (and add the seconds to ``split["warm_up_runs"]``).
 
         The model steps donate the KV caches, so each takes the caches the previous returned."""
+        start = time.perf_counter()
         before = CompileCounter.compiles
         outputs = []
         for call in calls:
@@ -149,6 +165,7 @@ class PrecompileMixin:
                 out = call.run()
             outputs.append(jax.block_until_ready(out))
         self.warm_up_recompiles += CompileCounter.compiles - before
+        split["warm_up_runs"] += time.perf_counter() - start
         return outputs
 
     def _model_step_call(self, num_tokens: int) -> WarmUpCall:
@@ -167,6 +184,11 @@ class PrecompileMixin:
         # numpy targets, as in serving: one program for both
         targets = np.zeros(hidden_all.shape[0], np.int32)
         return WarmUpCall(self._prompt_logprobs_step, (self.logits_params, hidden_all, targets))
+
+
+def _add(split: dict[str, float], lower_and_compile: tuple[float, float]) -> None:
+    split["lower"] += lower_and_compile[0]
+    split["compile"] += lower_and_compile[1]
 
 
 def idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
