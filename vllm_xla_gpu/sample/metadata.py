@@ -181,6 +181,9 @@ class SamplingInputs:
             self._rows[i].view(_DTYPES[name])[:] = value
             setattr(self, name, self._rows[i, :max_num_reqs].view(_DTYPES[name]))
         self.options: list[_RowOptions | None] = [None] * max_num_reqs
+        # Rows whose sampling is the argmax of the raw logits (see plain_greedy), kept per row
+        # because the runner asks every step.
+        self._plain_greedy = np.ones(max_num_reqs, bool)
         self._constants: dict[tuple, jax.Array] = {}
 
     def set_request(self, row: int, params: SamplingParams, seed: int) -> None:
@@ -204,25 +207,27 @@ class SamplingInputs:
         self.repetition_penalty[row] = params.repetition_penalty
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
         self.options[row] = _row_options(params, self.vocab_size)
+        self._plain_greedy[row] = (
+            greedy
+            and params.logprobs is None
+            and params.presence_penalty == 0
+            and params.frequency_penalty == 0
+            and params.repetition_penalty == 1
+            and self.options[row] is None
+        )
 
     def plain_greedy(self, rows: np.ndarray) -> bool:
         """Whether every row takes the argmax of its raw logits: greedy, without logprobs,
         penalties, logit bias or token masks (vLLM's sampler has the same all-greedy shortcut).
         The grammar bitmask is the caller's to check."""
-        return bool(
-            (self.temperature[rows] == 0).all()
-            and (self.num_logprobs[rows] < 0).all()
-            and (self.presence_penalty[rows] == 0).all()
-            and (self.frequency_penalty[rows] == 0).all()
-            and (self.repetition_penalty[rows] == 1).all()
-            and all(self.options[r] is None for r in rows.tolist())
-        )
+        return bool(self._plain_greedy[rows].all())
 
     def clear(self, row: int) -> None:
         """Reset ``row`` to the greedy defaults (the request left the batch)."""
         for name, value in _DEFAULT_ROW.items():
             getattr(self, name)[row] = value
         self.options[row] = None
+        self._plain_greedy[row] = True
 
     def to_metadata(
         self,
