@@ -161,6 +161,35 @@ def test_sampling_inputs_gather_rows_and_pad_greedy():
         inputs.to_metadata(np.arange(5, dtype=np.int32), history, 4)
 
 
+def test_plain_greedy_rows_are_the_argmax_of_raw_logits():
+    """``plain_greedy`` (the runner's cue for its argmax-only program) holds exactly for greedy
+    rows without logprobs, penalties, bias or masks; the sampler gives those rows the argmax of
+    the raw logits."""
+    variants = {
+        "greedy": (SamplingParams(temperature=0.0), True),
+        "greedy, top-k set": (SamplingParams(temperature=0.0, top_k=5, top_p=0.5), True),
+        "temperature": (SamplingParams(temperature=0.8), False),
+        "logprobs": (SamplingParams(temperature=0.0, logprobs=2), False),
+        "penalty": (SamplingParams(temperature=0.0, repetition_penalty=1.3), False),
+        "bias": (SamplingParams(temperature=0.0, logit_bias={3: 50.0}), False),
+        "allowed tokens": (SamplingParams(temperature=0.0, allowed_token_ids=[1, 2]), False),
+        "min tokens": (SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=[5]), False),
+    }
+    inputs = SamplingInputs(max_num_reqs=len(variants) + 1, vocab_size=64, max_model_len=16)
+    for row, (params, _) in enumerate(variants.values()):
+        inputs.set_request(row, params, seed=row)
+    expected = [plain for _, plain in variants.values()]
+    assert [inputs.plain_greedy(np.array([r])) for r in range(len(variants))] == expected
+    inputs.clear(2)
+    assert inputs.plain_greedy(np.array([0, 1, 2])) and not inputs.plain_greedy(np.array([0, 3]))
+
+    plain_rows = np.array([0, 1, 2], np.int32)
+    history = TokenHistory(*(np.zeros(s, np.int32) for s in [(9, 16), 9, 9]))
+    logits = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    md = inputs.to_metadata(plain_rows, history, 8)
+    np.testing.assert_array_equal(sample_jit(logits, md)[:3], logits[:3].argmax(-1))
+
+
 # ---- filters against vLLM -----------------------------------------------------------------
 
 
