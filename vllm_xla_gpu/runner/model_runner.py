@@ -52,6 +52,7 @@ from vllm.v1.outputs import (
 
 from vllm_xla_gpu.attention.backend import XlaGpuAttentionMetadata
 from vllm_xla_gpu.config import XlaGpuConfig
+from vllm_xla_gpu.model.custom_ops import register_custom_ops
 from vllm_xla_gpu.model.dummy_weights import (
     dummy_params,
     load_dummy_model,
@@ -110,6 +111,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.request_buckets = power_of_two_buckets(MIN_REQUEST_BUCKET, self.max_num_reqs)
         self.attention_impl = resolve_attention_impl(config.attention_impl, device.platform)
         register_torch_op()
+        register_custom_ops()  # before the model is built: vLLM picks the class then
         self.requests: dict[str, RequestState] = {}
         self.compile_guard = CompileGuard()
         # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
