@@ -93,3 +93,35 @@ def test_sampler_control_flow_finds_conditionals_and_their_custom_calls():
     found = sorted(control_flow(hlo), key=lambda c: len(c["custom_calls"]))
     assert [c["op"] for c in found] == ["conditional", "conditional"]
     assert found[0]["custom_calls"] == [] and found[1]["custom_calls"] == ["TopK"]
+
+
+def test_graph_runtime_sums_xla_runtime_events_per_step():
+    """``profile_step.graph_runtime`` against events counted by hand: two steps, each with one
+    run of each program, one graph launch each and one update; device-side and unrelated events
+    are left out."""
+    from profile_step import graph_runtime
+
+    def event(name, dur_us, pid=1):
+        return {"ph": "X", "name": name, "dur": dur_us, "pid": pid}
+
+    step = [
+        event("CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)", 1000),
+        event("CommonPjRtLoadedExecutable::Execute (jit__greedy_step_fn)", 200),
+        event("cuGraphLaunch (CudaGraph:7)", 400),
+        event("command_buffer::update", 150),
+        event("command_buffer::update", 150, pid=9),  # on the device's timeline: not host time
+        event("command_buffer::execute", 900),  # not one of the summed events
+    ]
+    summary = graph_runtime(step + step, device_pids={9}, num_steps=2)
+    assert summary == {
+        "CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)": {
+            "ms_per_step": 1.0,
+            "count_per_step": 1.0,
+        },
+        "cuGraphLaunch (CudaGraph:7)": {"ms_per_step": 0.4, "count_per_step": 1.0},
+        "CommonPjRtLoadedExecutable::Execute (jit__greedy_step_fn)": {
+            "ms_per_step": 0.2,
+            "count_per_step": 1.0,
+        },
+        "command_buffer::update": {"ms_per_step": 0.15, "count_per_step": 1.0},
+    }
