@@ -351,6 +351,15 @@ def finish(args, name, model_dir, startup, restart, rows, latency) -> None:
     write_json(args.json, result)
 
 
+def compile_split_text(stats: dict) -> str:
+    """The XLA runner's start-up compile phase, split (``common.worker_stats``)."""
+    c = stats["compile_split_s"]
+    return (
+        f"lowering {c['lower']:.1f} s, XLA or its cache {c['compile']:.1f} s, warm-up runs "
+        f"{c['warm_up_runs']:.1f} s; KV budget analysis {stats['kv_budget_analysis_s']:.1f} s"
+    )
+
+
 def print_report(r: dict) -> None:
     """The human-readable table of one result."""
     s = r["startup"]
@@ -363,12 +372,7 @@ def print_report(r: dict) -> None:
         )
         print(f"engine start {s['engine_s']:.1f} s{split}")
     if "compile_split_s" in s:
-        c = s["compile_split_s"]
-        print(
-            f"compile: lowering {c['lower']:.1f} s, XLA or its cache {c['compile']:.1f} s, "
-            f"warm-up runs {c['warm_up_runs']:.1f} s; KV budget analysis "
-            f"{s['kv_budget_analysis_s']:.1f} s"
-        )
+        print(f"compile: {compile_split_text(s)}")
     if "compiles_since_warmup" in s:
         print(f"compilations after warm-up: {s['compiles_since_warmup']}")
     if "token_wait_ms_per_output" in s:
@@ -382,12 +386,7 @@ def print_report(r: dict) -> None:
             st = r["restart"][label]
             split = f" (compile {st['compile_s']:.1f} s)" if "compile_s" in st else ""
             if "compile_split_s" in st:
-                c = st["compile_split_s"]
-                split = (
-                    f" (compile {st['compile_s']:.1f} s: lowering {c['lower']:.1f}, XLA or its"
-                    f" cache {c['compile']:.1f}, warm-up runs {c['warm_up_runs']:.1f}; KV budget"
-                    f" analysis {st['kv_budget_analysis_s']:.1f} s)"
-                )
+                split = f" (compile {st['compile_s']:.1f} s: {compile_split_text(st)})"
             print(f"{label} start: engine {st['engine_s']:.1f} s{split}")
     if r["throughput"]:
         header = f"{'workload':>10} {'prompts':>7} {'req/s':>8} {'output tok/s':>12}"
