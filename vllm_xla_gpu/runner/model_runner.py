@@ -438,8 +438,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         md: SamplingMetadata = unpack(words, big, packing)
         num_reqs = md.temperature.shape[0]
         out = sample(self._compute_logits(params, hidden[:num_reqs]), md)
-        padded = jnp.zeros(self.max_num_reqs, jnp.int32).at[:num_reqs].set(out.sampled_token_ids)
-        return out, padded
+        return out, self._pad_to_max_reqs(out.sampled_token_ids)
 
     def _greedy_step_fn(
         self, params: dict, hidden: jax.Array, num_reqs: int
@@ -449,8 +448,12 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         rows, which is what the sampler picks for such rows. No logprobs (``None``)."""
         logits = self._compute_logits(params, hidden[:num_reqs])
         sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        padded = jnp.zeros(self.max_num_reqs, jnp.int32).at[:num_reqs].set(sampled)
-        return SamplerOutput(sampled, None), padded
+        return SamplerOutput(sampled, None), self._pad_to_max_reqs(sampled)
+
+    def _pad_to_max_reqs(self, sampled: jax.Array) -> jax.Array:
+        """The sampled ids padded to ``max_num_seqs`` rows: the next model step's fixed-shape
+        input under async scheduling (both samplers return it)."""
+        return jnp.zeros(self.max_num_reqs, jnp.int32).at[: sampled.shape[0]].set(sampled)
 
     def _prompt_logprobs_fn(
         self, params: dict, hidden_all: jax.Array, targets: jax.Array
