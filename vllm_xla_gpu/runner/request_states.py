@@ -15,6 +15,7 @@ from __future__ import annotations
 from vllm.v1.core.sched.output import SchedulerOutput
 
 from vllm_xla_gpu.runner.input_batch import RequestState
+from vllm_xla_gpu.sample.metadata import penalized
 
 
 class RequestStatesMixin:
@@ -85,9 +86,4 @@ class RequestStatesMixin:
 
 def _reads_token_history(params) -> bool:
     """Whether sampling reads the request's earlier tokens, not just their count."""
-    penalized = (
-        params.presence_penalty != 0
-        or params.frequency_penalty != 0
-        or params.repetition_penalty != 1
-    )
-    return penalized or bool(params.bad_words_token_ids)
+    return penalized(params) or bool(params.bad_words_token_ids)

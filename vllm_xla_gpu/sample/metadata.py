@@ -207,14 +207,8 @@ class SamplingInputs:
         self.repetition_penalty[row] = params.repetition_penalty
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
         self.options[row] = _row_options(params, self.vocab_size)
-        self._plain_greedy[row] = (
-            greedy
-            and params.logprobs is None
-            and params.presence_penalty == 0
-            and params.frequency_penalty == 0
-            and params.repetition_penalty == 1
-            and self.options[row] is None
-        )
+        no_processing = not penalized(params) and self.options[row] is None
+        self._plain_greedy[row] = greedy and params.logprobs is None and no_processing
 
     def plain_greedy(self, rows: np.ndarray) -> bool:
         """Whether every row takes the argmax of its raw logits: greedy, without logprobs,
@@ -339,6 +333,15 @@ class SamplingInputs:
             with jax.default_device(self.device):
                 self._constants[key] = jnp.asarray(np.full(shape, value, dtype))
         return self._constants[key]
+
+
+def penalized(params: SamplingParams) -> bool:
+    """Whether the request has a presence, frequency or repetition penalty."""
+    return (
+        params.presence_penalty != 0
+        or params.frequency_penalty != 0
+        or params.repetition_penalty != 1
+    )
 
 
 def _row_options(params: SamplingParams, vocab_size: int) -> _RowOptions | None:
