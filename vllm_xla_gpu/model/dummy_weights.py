@@ -77,14 +77,10 @@ def dummy_params(
     ``device`` instead of copied from the host."""
     key = jax.random.key(seed)
     draws = {
-        id(t): _uniform(jax.random.fold_in(key, i), tuple(t.shape), t2j_dtype(t.dtype), device)
+        id(t): _uniform_fn(tuple(t.shape), t2j_dtype(t.dtype), device)(jax.random.fold_in(key, i))
         for i, t in enumerate(deferred)
     }
     return extract_params(model, device, replace=draws)
-
-
-def _uniform(key: jax.Array, shape: tuple[int, ...], dtype, device: jax.Device) -> jax.Array:
-    return _uniform_fn(shape, dtype, device)(key)
 
 
 @functools.cache
