@@ -28,6 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import torch
+from torchax.interop import jax_view, torch_view
 from vllm.model_executor.custom_op import CustomOp, op_registry_oot
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
@@ -104,8 +105,6 @@ def _rotary_forward_oot(
     query: torch.Tensor,
     key: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from torchax.interop import jax_view, torch_view
-
     out = rotary_embedding(
         *jax_view((positions, query, key, self.cos_sin_cache)),
         head_size=self.head_size,
@@ -118,8 +117,6 @@ def _rotary_forward_oot(
 def _rms_norm_forward_oot(
     self: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    from torchax.interop import jax_view, torch_view
-
     pass_weight = self.pass_weight if residual is None else self.pass_weight_add
     out = rms_norm(
         *jax_view((x, self.weight if pass_weight else None)),
@@ -131,8 +128,6 @@ def _rms_norm_forward_oot(
 
 
 def _silu_and_mul_forward_oot(self: SiluAndMul, x: torch.Tensor) -> torch.Tensor:
-    from torchax.interop import jax_view, torch_view
-
     return torch_view(silu_and_mul(jax_view(x)))
 
 
