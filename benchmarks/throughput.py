@@ -276,9 +276,15 @@ def measure_startup(args: argparse.Namespace, model_dir: str) -> dict:
 
     import_s = time.perf_counter() - start
     llm, engine_s = start_engine(args, model_dir)
-    stats = {"import_s": import_s, "engine_s": engine_s, **common.engine_stats(llm)}
-    # The engine core is its own process: without a shutdown it would outlive this one and
-    # keep its device memory from the next start (the warm start ran out of memory).
+    return stats_and_shutdown(llm, import_s=import_s, engine_s=engine_s)
+
+
+def stats_and_shutdown(llm, **stats) -> dict:
+    """``stats`` with the engine's own (``common.engine_stats``), then the engine's shutdown.
+
+    The engine core is its own process: without a shutdown it would outlive this one and keep
+    its device memory from the next start (the warm start ran out of memory)."""
+    stats = {**stats, **common.engine_stats(llm)}
     llm.llm_engine.engine_core.shutdown()
     return stats
 
@@ -299,9 +305,7 @@ def run_benchmarks(args: argparse.Namespace, model_dir: str) -> tuple[dict, list
     if args.latency or args.ttft_lens:
         latency = measure_latency(llm, args, config, vocab, rng)
     # Read last, so that compiles_since_warmup covers every measurement above.
-    stats = {"engine_s": engine_s, **common.engine_stats(llm)}
-    llm.llm_engine.engine_core.shutdown()
-    return stats, rows, latency
+    return stats_and_shutdown(llm, engine_s=engine_s), rows, latency
 
 
 def main(argv: list[str] | None = None) -> None:
