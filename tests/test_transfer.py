@@ -23,6 +23,7 @@ def sample_tree(rng: np.random.Generator) -> dict:
         "scalar": np.float32(0.25),
         "empty": np.zeros(0, np.int32),
         "table": rng.integers(0, 9, (3, 4), dtype=np.int32),  # 2-D: travels as it is
+        "bitmask": rng.random((2, 3)) < 0.5,  # a big bool leaf
         "constant": jnp.ones((2, 2), jnp.float32),  # a device array among the big leaves
         "md": AttentionMetadata(
             slot_mapping=np.arange(4, dtype=np.int32),
@@ -33,12 +34,19 @@ def sample_tree(rng: np.random.Generator) -> dict:
     }
 
 
-def test_round_trip_under_jit_is_bit_exact() -> None:
+@pytest.mark.parametrize("staged", [False, True])
+def test_round_trip_under_jit_is_bit_exact(staged: bool) -> None:
+    """With ``staged``, every leaf is read through ``stage``'s copy, which must not change a
+    bit either (NaN, -0.0, bools, negative ints)."""
     tree = sample_tree(np.random.default_rng(0))
     words, big, packing = pack(tree)  # numpy: jit moves it to the device, as the runner does
     assert words.dtype == np.uint32 and words.ndim == 1
-    assert len(big) == 3  # table, constant, block_tables
-    out = jax.jit(unpack, static_argnums=2)(words, big, packing)
+    assert len(big) == 4  # table, bitmask, constant, block_tables
+    step = jax.jit(unpack, static_argnums=(2, 3))
+    out = step(words, big, packing, staged)
+    # The copy is there to stay (a barrier between its two halves), only when asked for.
+    lowered = step.lower(words, big, packing, staged).as_text()
+    assert ("optimization_barrier" in lowered) == staged
     for expected, got in zip(jax.tree.leaves(tree), jax.tree.leaves(out), strict=True):
         expected = np.asarray(expected)
         got = np.asarray(got)

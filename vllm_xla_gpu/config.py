@@ -19,6 +19,9 @@ Environment variables (all optional):
                                     typed-FFI handler, which XLA records into its CUDA graphs;
                                     ``legacy``: jax-triton's own custom call
                                     (``ops/triton_launch.py``).
+``VLLM_XLA_GPU_STAGE_INPUTS``       ``1`` (default): a compiled step copies its transferred inputs
+                                    into its own scratch memory before using them; ``0``: it reads
+                                    them where they arrived (``runner/transfer.py``, ``stage``).
 ``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
                                     ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -82,6 +85,8 @@ class XlaGpuConfig:
         max_num_batched_tokens: vLLM's per-step token budget (largest token bucket).
         max_num_seqs: vLLM's per-step request limit (largest request bucket).
         max_model_len: longest sequence; sets the block-table width.
+        stage_inputs: compiled steps read their transferred inputs through a copy
+            (``runner.transfer.stage``).
     """
 
     attention_impl: str
@@ -93,6 +98,7 @@ class XlaGpuConfig:
     max_num_batched_tokens: int
     max_num_seqs: int
     max_model_len: int
+    stage_inputs: bool
 
     @classmethod
     def from_vllm_config(cls, vllm_config: VllmConfig) -> XlaGpuConfig:
@@ -110,4 +116,5 @@ class XlaGpuConfig:
             max_num_batched_tokens=sched.max_num_batched_tokens,
             max_num_seqs=sched.max_num_seqs,
             max_model_len=vllm_config.model_config.max_model_len,
+            stage_inputs=_env("STAGE_INPUTS", "1") != "0",
         )

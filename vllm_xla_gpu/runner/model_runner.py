@@ -414,7 +414,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         returns hidden states at each request's last token (``[max_num_seqs, hidden]``), the
         updated KV caches, and the hidden states of every token (read only for prompt
         logprobs)."""
-        inputs: StepInputs = unpack(words, big, packing)
+        inputs: StepInputs = unpack(words, big, packing, self.config.stage_inputs)
         # Async scheduling: tokens sampled by the previous step come from the device.
         from_prev = prev_sampled_token_ids[jnp.maximum(inputs.prev_token_index, 0)]
         input_ids = jnp.where(inputs.prev_token_index >= 0, from_prev, inputs.input_ids)
@@ -435,7 +435,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         ``SamplingMetadata`` packed by ``transfer.pack``. Also returns the sampled ids padded
         to ``max_num_seqs`` rows: the next model step's fixed-shape input under async
         scheduling."""
-        md: SamplingMetadata = unpack(words, big, packing)
+        md: SamplingMetadata = unpack(words, big, packing, self.config.stage_inputs)
         num_reqs = md.temperature.shape[0]
         out = sample(self._compute_logits(params, hidden[:num_reqs]), md)
         return out, self._pad_to_max_reqs(out.sampled_token_ids)
