@@ -15,7 +15,8 @@
 #              on): the sampler's conditionals and its time per step (not in the default set).
 #   dispatch   benchmarks/dispatch_cost.py as is and with each XLA command-buffer update mode in
 #              DISPATCH_MODES; an entry that starts with -- is a whole XLA flag instead (e.g.
-#              --xla_gpu_enable_command_buffer= for no graphs) (not in the default set).
+#              --xla_gpu_enable_command_buffer= for no graphs); then benchmarks/launch_thread.py
+#              (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -74,6 +75,8 @@ for mode in default ${DISPATCH_MODES:-SKIP_TEMP NEVER_UPDATE}; do
     > "$out/dispatch_cost_$tag.log" 2>&1
   echo "dispatch ($mode) exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_cost_$tag.log" | tail -8
 done
+timeout 120 python3 benchmarks/launch_thread.py --json "$out/launch_thread.json" > "$out/launch_thread.log" 2>&1
+echo "launch thread exit $?"; grep -v "WARNING\|INFO" "$out/launch_thread.log" | tail -6
 fi
 
 if [[ $stages == *" kernel "* ]]; then

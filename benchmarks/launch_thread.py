@@ -1,0 +1,126 @@
+"""Can the host's Python run while a jitted call is being launched in another thread?
+
+At batch 1 a step's host time is mostly XLA's runtime launching the step's CUDA graph (about
+1.1 ms of host time for Llama-3.2-1B's model step on the H100, docs/performance.md) plus Python
+(vLLM's scheduler and the runner, about 0.6 ms). The two are in series today. If the jitted call
+releases the GIL while XLA launches, a launch thread could overlap them. This measures it with
+the model-step-shaped program of ``dispatch_cost.py`` (a numpy input, weights, a donated cache,
+a CUDA graph of about ``4 * --weights`` kernels) and a stretch of pure-Python work
+(``--python-ms``, dictionary and list operations like the runner's bookkeeping):
+
+* ``call``: the jitted call alone (host time until it returns);
+* ``python``: the Python work alone;
+* ``in series``: the call, then the Python work, in one thread;
+* ``launch thread``: the call submitted to a worker thread, the Python work in this one, then
+  waiting for the call to return.
+
+With the GIL released during the launch, ``launch thread`` comes near ``max(call, python)``;
+held, near ``in series``. The device is idle before each iteration (its results are waited for
+after the timed part). Prints a table of median host milliseconds and writes JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import time
+
+import jax
+from dispatch_cost import cases
+
+from vllm_xla_gpu.worker import _add_default_xla_flags
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=int, default=128, help="device arrays besides the input")
+    p.add_argument("--python-ms", type=float, default=1.0, help="length of the Python work")
+    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--json")
+    return p.parse_args()
+
+
+def python_work(loops: int) -> int:
+    """Pure-Python bookkeeping of the runner's kind: dictionary lookups, list appends."""
+    table, out = {i: [i] for i in range(64)}, 0
+    for i in range(loops):
+        entry = table[i & 63]
+        entry.append(i)
+        out += len(entry)
+        del entry[1:]
+    return out
+
+
+def loops_for(target_ms: float) -> int:
+    """How many ``python_work`` loops take about ``target_ms`` on this host."""
+    start = time.perf_counter()
+    python_work(100_000)
+    per_loop = (time.perf_counter() - start) / 100_000
+    return max(1, int(target_ms / 1e3 / per_loop))
+
+
+def median_ms(run, calls: int) -> float:
+    """Median host time of ``run()``, which returns what to wait for after the timed part."""
+    jax.block_until_ready(run())  # compiles, warms the thread
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        pending = run()
+        times.append((time.perf_counter() - start) * 1e3)
+        jax.block_until_ready(pending)
+        del pending
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    _add_default_xla_flags()
+    device = jax.devices()[0]
+    fn, make_args = cases(args.weights)[f"+ {4 * args.weights} kernels"]
+    loops = loops_for(args.python_ms)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def in_series():
+        out = fn(*make_args())
+        python_work(loops)
+        return out
+
+    def launch_thread():
+        future = pool.submit(fn, *make_args())
+        python_work(loops)
+        return future.result()
+
+    rows = {
+        "call": median_ms(lambda: fn(*make_args()), args.calls),
+        "python": median_ms(lambda: python_work(loops), args.calls),
+        "in series": median_ms(in_series, args.calls),
+        "launch thread": median_ms(launch_thread, args.calls),
+    }
+    pool.shutdown()
+    print(f"launch thread on {device.device_kind}, jax {jax.__version__}")
+    for name, ms in rows.items():
+        print(f"{name:>14} {ms:8.3f} ms host")
+    hidden = rows["in series"] - rows["launch thread"]
+    print(
+        f"hidden by the thread: {hidden:.3f} ms of min(call, python) = "
+        f"{min(rows['call'], rows['python']):.3f} ms"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "device": device.device_kind,
+                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "python_ms_target": args.python_ms,
+                    "host_ms": rows,
+                },
+                f,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
