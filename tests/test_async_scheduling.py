@@ -11,7 +11,10 @@ real engine over XLA:CPU, with ``async_scheduling=False`` and with vLLM's defaul
   prefill, mixed prefill/decode steps, prefix-cache hits and preemption with recomputation;
 * seeded sampling with penalties (which read the token history), min_tokens, logit bias,
   logprobs and prompt logprobs equals the synchronous run, logprobs included;
-* serving compiles nothing after warm-up.
+* serving compiles nothing after warm-up;
+* with the launch thread (``VLLM_XLA_GPU_LAUNCH_THREAD=1``, ``runner/launch.py``), whose
+  compiled calls run on another thread and may still be launching when the runner returns to
+  vLLM, every one of these results is the same again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def _runner_counters(worker) -> dict[str, int]:
         "async_scheduling": runner.async_scheduling,
         "steps_with_device_tokens": runner.num_steps_with_device_tokens,
         "early_resolves": runner.num_early_resolves,
+        "launch_thread": runner.launcher.threaded,
+        "launched": runner.launcher.num_launched,
     }
 
 
@@ -50,7 +55,16 @@ def _tokens(outputs) -> list[list[int]]:
     return [list(c.token_ids) for o in outputs for c in o.outputs]
 
 
-def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(tiny_checkpoint):
+def _run_launch_thread(monkeypatch, path, prompts, params, **engine):
+    """``_run`` with the runner's launch thread on."""
+    with monkeypatch.context() as m:
+        m.setenv("VLLM_XLA_GPU_LAUNCH_THREAD", "1")
+        return _run(path, prompts, params, **engine)
+
+
+def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
+    tiny_checkpoint, monkeypatch
+):
     path = tiny_checkpoint("qwen3")
     rng = np.random.default_rng(11)
     shared = rng.integers(3, 500, size=20).tolist()  # one full block of 16 is shared
@@ -66,7 +80,12 @@ def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(tiny_che
     )
     sync_out, sync = _run(path, prompts, params, async_scheduling=False, **engine)
     async_out, default = _run(path, prompts, params, **engine)
+    thread_out, threaded = _run_launch_thread(monkeypatch, path, prompts, params, **engine)
 
+    assert threaded["launch_thread"] and not default["launch_thread"]
+    assert threaded["launched"] > 0 and threaded["preemptions"] > 0
+    assert threaded["compiles"] == 0
+    assert _tokens(thread_out) == _tokens(async_out)
     assert default["async_scheduling"] and not sync["async_scheduling"]
     assert default["steps_with_device_tokens"] > 0
     assert default["early_resolves"] == 0  # greedy needs no token history: no host waits
@@ -77,7 +96,7 @@ def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(tiny_che
     assert _tokens(async_out) == _tokens(sync_out) == hf_greedy(path, prompts, MAX_TOKENS)
 
 
-def test_seeded_sampling_with_history_options_equals_sync(tiny_checkpoint):
+def test_seeded_sampling_with_history_options_equals_sync(tiny_checkpoint, monkeypatch):
     path = tiny_checkpoint("llama")
     rng = np.random.default_rng(12)
     prompts = [rng.integers(3, 500, size=n).tolist() for n in (7, 23, 40, 5, 16, 31)]
@@ -100,10 +119,13 @@ def test_seeded_sampling_with_history_options_equals_sync(tiny_checkpoint):
     ]
     sync_out, sync = _run(path, prompts, params, async_scheduling=False)
     async_out, default = _run(path, prompts, params)
+    thread_out, threaded = _run_launch_thread(monkeypatch, path, prompts, params)
 
     assert default["async_scheduling"] and default["steps_with_device_tokens"] > 0
-    assert default["compiles"] == sync["compiles"] == 0
-    assert _tokens(async_out) == _tokens(sync_out)
-    for a, s in zip(async_out, sync_out, strict=True):
-        assert a.prompt_logprobs == s.prompt_logprobs
+    assert threaded["launch_thread"] and threaded["steps_with_device_tokens"] > 0
+    assert default["compiles"] == sync["compiles"] == threaded["compiles"] == 0
+    assert _tokens(async_out) == _tokens(sync_out) == _tokens(thread_out)
+    for a, s, t in zip(async_out, sync_out, thread_out, strict=True):
+        assert a.prompt_logprobs == s.prompt_logprobs == t.prompt_logprobs
         assert [c.logprobs for c in a.outputs] == [c.logprobs for c in s.outputs]
+        assert [c.logprobs for c in t.outputs] == [c.logprobs for c in s.outputs]

@@ -22,6 +22,9 @@ Environment variables (all optional):
 ``VLLM_XLA_GPU_STAGE_INPUTS``       ``1`` (default): a compiled step copies its transferred inputs
                                     into its own scratch memory before using them; ``0``: it reads
                                     them where they arrived (``runner/transfer.py``, ``stage``).
+``VLLM_XLA_GPU_LAUNCH_THREAD``      ``1``: the runner starts its compiled steps from one launch
+                                    thread, so vLLM's Python overlaps XLA's launch (default ``0``,
+                                    ``runner/launch.py``).
 ``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
                                     ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -87,6 +90,8 @@ class XlaGpuConfig:
         max_model_len: longest sequence; sets the block-table width.
         stage_inputs: compiled steps read their transferred inputs through a copy
             (``runner.transfer.stage``).
+        launch_thread: the runner starts its compiled steps from a launch thread
+            (``runner/launch.py``).
     """
 
     attention_impl: str
@@ -99,6 +104,7 @@ class XlaGpuConfig:
     max_num_seqs: int
     max_model_len: int
     stage_inputs: bool
+    launch_thread: bool
 
     @classmethod
     def from_vllm_config(cls, vllm_config: VllmConfig) -> XlaGpuConfig:
@@ -117,4 +123,5 @@ class XlaGpuConfig:
             max_num_seqs=sched.max_num_seqs,
             max_model_len=vllm_config.model_config.max_model_len,
             stage_inputs=_env("STAGE_INPUTS", "1") != "0",
+            launch_thread=_env("LAUNCH_THREAD", "0") == "1",
         )

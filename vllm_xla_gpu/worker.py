@@ -166,6 +166,8 @@ class XlaGpuWorker(WorkerBase):
         return set()
 
     def shutdown(self) -> None:
+        if self.model_runner is not None:
+            self.model_runner.launcher.shutdown()
         self.model_runner = None
 
 

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from vllm.v1.outputs import AsyncModelRunnerOutput, LogprobsTensors, ModelRunnerOutput
 
+from vllm_xla_gpu.runner.launch import Launched, ready
 from vllm_xla_gpu.sample.logprobs import to_logprobs_lists
 from vllm_xla_gpu.sample.sampler import SamplerOutput
 
@@ -39,12 +40,13 @@ class PrevSampled:
     """The previous step's sampled token ids, still on the device.
 
     Attributes:
-        token_ids: i32[max_num_seqs] sampled id of each of the step's requests, in output order.
+        token_ids: i32[max_num_seqs] sampled id of each of the step's requests, in output order
+            (maybe still being launched: ``runner/launch.py``).
         req_id_to_index: row in ``token_ids`` of each request that sampled a token (vLLM's
             ``InputBatch.prev_req_id_to_index``); requests still prefilling are absent.
     """
 
-    token_ids: jax.Array
+    token_ids: jax.Array | Launched
     req_id_to_index: dict[str, int]
 
 
@@ -63,6 +65,15 @@ class Placeholder:
     step_row: int
 
 
+def start_copies_to_host(out: SamplerOutput, logprobs: bool) -> None:
+    """Start the device-to-host copies of a sample step's ids (and logprobs, when any request
+    asked for them), so that ``get_output`` later waits only for what is still in flight."""
+    out.sampled_token_ids.copy_to_host_async()
+    if logprobs:
+        for leaf in jax.tree.leaves(out.logprobs):
+            leaf.copy_to_host_async()
+
+
 # Writes resolved ids over placeholders: (the output, its placeholders, the step's sampled ids).
 FillPlaceholders = Callable[["AsyncXlaModelRunnerOutput", list[Placeholder], np.ndarray], None]
 
@@ -73,7 +84,9 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
     Args:
         req_ids: the step's requests, in output order.
         sampled: bool[num_reqs] whether each request sampled a token (False while prefilling).
-        sampler_output: the sample step's device arrays (first ``num_reqs`` rows are real).
+        sampler_output: the sample step's device arrays (first ``num_reqs`` rows are real),
+            maybe still being launched (``runner/launch.py``); their copies to the host were
+            started by :func:`start_copies_to_host` right after the launch.
         num_logprobs: i32[num_reqs] logprobs each request asked for, -1 for none.
         prompt_logprobs_dict: the step's prompt logprobs (already on the host).
         placeholders: the host history entries waiting for this step's tokens.
@@ -84,7 +97,7 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
         self,
         req_ids: list[str],
         sampled: np.ndarray,
-        sampler_output: SamplerOutput,
+        sampler_output: SamplerOutput | Launched,
         num_logprobs: np.ndarray,
         prompt_logprobs_dict: dict[str, LogprobsTensors | None],
         placeholders: list[Placeholder],
@@ -99,16 +112,13 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
         self._fill_placeholders = fill_placeholders
         self._token_ids: np.ndarray | None = None
         self.wait_seconds = 0.0
-        sampler_output.sampled_token_ids.copy_to_host_async()
-        if len(num_logprobs) and num_logprobs.max() >= 0:
-            for leaf in jax.tree.leaves(sampler_output.logprobs):
-                leaf.copy_to_host_async()
 
     def resolve(self) -> np.ndarray:
         """Wait for the sampled ids (i32[num_reqs]); the first call fills the placeholders."""
         if self._token_ids is None:
             num_reqs = len(self.req_ids)
             start = time.perf_counter()
+            self.sampler_output = ready(self.sampler_output)  # launched, if on the launch thread
             self._token_ids = np.asarray(self.sampler_output.sampled_token_ids)[:num_reqs]
             self.wait_seconds = time.perf_counter() - start  # host idle, waiting for the device
             self._fill_placeholders(self, self.placeholders, self._token_ids)

@@ -11,7 +11,9 @@ Per step (DESIGN.md §4)::
 
 Under vLLM's async scheduling the last arrow waits: ``sample_tokens`` returns an
 ``AsyncModelRunnerOutput``, and the next step reads the tokens it needs from the previous step's
-sampled ids on the device (``runner/async_output.py``).
+sampled ids on the device (``runner/async_output.py``). The model and sample steps are started
+through a ``Launcher`` (``runner/launch.py``): at once, or, with ``VLLM_XLA_GPU_LAUNCH_THREAD=1``,
+in order from one launch thread while the runner returns to vLLM.
 
 Four jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
 ``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
@@ -61,10 +63,16 @@ from vllm_xla_gpu.model.dummy_weights import (
 from vllm_xla_gpu.model.torchax_model import TorchaxModel, extract_params, params_read_by
 from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_attention_impl
 from vllm_xla_gpu.ops.torch_op import register_torch_op
-from vllm_xla_gpu.runner.async_output import AsyncXlaModelRunnerOutput, Placeholder, PrevSampled
+from vllm_xla_gpu.runner.async_output import (
+    AsyncXlaModelRunnerOutput,
+    Placeholder,
+    PrevSampled,
+    start_copies_to_host,
+)
 from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
+from vllm_xla_gpu.runner.launch import Launched, Launcher, ready
 from vllm_xla_gpu.runner.precompile import PrecompileMixin, idle_metadata
 from vllm_xla_gpu.runner.request_states import RequestStatesMixin
 from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
@@ -87,8 +95,10 @@ class _PendingStep:
     req_ids: list[str]
     rows: np.ndarray  # i32[num_reqs]
     num_scheduled: np.ndarray  # i32[num_reqs]
-    hidden: jax.Array  # [max_num_seqs, hidden_size] hidden state at each request's last token
-    hidden_all: jax.Array  # [num_tokens_padded, hidden_size] every token's (prompt logprobs)
+    # The model step's (hidden, hidden_all), maybe still being launched (runner/launch.py):
+    # [max_num_seqs, hidden_size] hidden state at each request's last token, and
+    # [num_tokens_padded, hidden_size] every token's (read only for prompt logprobs).
+    model_out: Launched
 
 
 class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
@@ -119,6 +129,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(4,))
         self._greedy_step = jax.jit(self._greedy_step_fn, static_argnums=(2,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
+        # Every serving call of the jitted steps goes through here, in order (runner/launch.py).
+        self.launcher = Launcher(config.launch_thread)
         self.prompt_logprobs = PromptLogprobsState()
         self.vocab_size = vllm_config.model_config.get_vocab_size()
         self._pending: _PendingStep | None = None
@@ -255,10 +267,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         num_tokens = pad_to_bucket(int(num_scheduled.sum()), self.token_buckets)
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
         prev_sampled = self._link_prev_sampled(inputs, req_ids, rows, num_scheduled)
-        hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, prev_sampled, *pack(inputs)
-        )
-        self._pending = _PendingStep(req_ids, rows, num_scheduled, hidden, hidden_all)
+        model_out = self.launcher.submit(self._launch_model_step, prev_sampled, *pack(inputs))
+        self._pending = _PendingStep(req_ids, rows, num_scheduled, model_out)
         return None
 
     def sample_tokens(
@@ -279,24 +289,30 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         )
         bitmask = ordered_grammar_bitmask(grammar_output, step.req_ids, self.vocab_size)
         num_reqs_padded = pad_to_bucket(num_reqs, self.request_buckets)
+        num_logprobs = self.sampling_inputs.num_logprobs[step.rows]
+        want_logprobs = bool(num_reqs and num_logprobs.max() >= 0)
         if bitmask is None and self.sampling_inputs.plain_greedy(step.rows):
             # A much smaller program than the sampler's, with no metadata to stage: at batch 1
             # the host's cost of launching a program grows with its size (docs/performance.md).
             self.num_greedy_steps += 1
-            out, padded_ids = self._greedy_step(self.logits_params, step.hidden, num_reqs_padded)
+            sampled_out = self.launcher.submit(
+                self._launch_greedy_step, step.model_out, num_reqs_padded
+            )
         else:
             md = self.sampling_inputs.to_metadata(step.rows, history, num_reqs_padded, bitmask)
-            out, padded_ids = self._sample_step(self.logits_params, step.hidden, *pack(md))
+            sampled_out = self.launcher.submit(
+                self._launch_sample_step, want_logprobs, step.model_out, *pack(md)
+            )
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
         self._prev_sampled = PrevSampled(
-            padded_ids, {r: i for i, r in enumerate(step.req_ids) if sampled[i]}
+            sampled_out.part(1), {r: i for i, r in enumerate(step.req_ids) if sampled[i]}
         )
         output = AsyncXlaModelRunnerOutput(
             step.req_ids,
             sampled,
-            out,
-            self.sampling_inputs.num_logprobs[step.rows],
+            sampled_out.part(0),
+            num_logprobs,
             prompt_logprobs,
             placeholders,
             self._fill_placeholders,
@@ -319,9 +335,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         if not chunks:
             return {}
         prompts = [self.requests[c.req_id].prompt_token_ids for c in chunks]
-        targets = self.prompt_logprobs.targets(chunks, prompts, step.hidden_all.shape[0])
+        hidden_all = ready(step.model_out)[1]  # waits for the model step's launch, if threaded
+        targets = self.prompt_logprobs.targets(chunks, prompts, hidden_all.shape[0])
         # numpy straight to jit, whose dispatch moves it (runner/transfer.py)
-        top = self._prompt_logprobs_step(self.logits_params, step.hidden_all, targets)
+        top = self._prompt_logprobs_step(self.logits_params, hidden_all, targets)
         return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
     def _add_placeholders(self, step: _PendingStep) -> tuple[np.ndarray, list[Placeholder]]:
@@ -398,6 +415,39 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         input_ids[unknown] = 0
         self.num_steps_with_device_tokens += 1
         return prev.token_ids
+
+    # ---- launches (on the launch thread when there is one: runner/launch.py) -------------
+
+    def _launch_model_step(
+        self, prev_sampled: jax.Array, words: np.ndarray, big: list, packing: Packing
+    ) -> tuple[jax.Array, jax.Array]:
+        """The model step on the current KV caches, which it replaces (donated); returns
+        ``(hidden, hidden_all)``. Only launches touch ``kv_caches`` while serving, in order."""
+        hidden, self.kv_caches, hidden_all = self._model_step(
+            self.params, self.kv_caches, prev_sampled, words, big, packing
+        )
+        return hidden, hidden_all
+
+    def _launch_greedy_step(
+        self, model_out: tuple[jax.Array, jax.Array], num_reqs: int
+    ) -> tuple[SamplerOutput, jax.Array]:
+        """The argmax program on the model step's hidden states; starts copying the ids out."""
+        out, padded_ids = self._greedy_step(self.logits_params, model_out[0], num_reqs)
+        start_copies_to_host(out, logprobs=False)
+        return out, padded_ids
+
+    def _launch_sample_step(
+        self,
+        logprobs: bool,
+        model_out: tuple[jax.Array, jax.Array],
+        words: np.ndarray,
+        big: list,
+        packing: Packing,
+    ) -> tuple[SamplerOutput, jax.Array]:
+        """The sampler on the model step's hidden states; starts copying its outputs out."""
+        out, padded_ids = self._sample_step(self.logits_params, model_out[0], words, big, packing)
+        start_copies_to_host(out, logprobs)
+        return out, padded_ids
 
     # ---- jitted programs -----------------------------------------------------------------
 
