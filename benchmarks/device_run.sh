@@ -14,7 +14,8 @@
 #   sampler    benchmarks/sampler_control_flow.py and benchmarks/sampler.py (CUB sort off, then
 #              on): the sampler's conditionals and its time per step (not in the default set).
 #   dispatch   benchmarks/dispatch_cost.py as is and with each XLA command-buffer update mode in
-#              DISPATCH_MODES; an entry that starts with -- is a whole XLA flag instead (e.g.
+#              DISPATCH_MODES (default SKIP_TEMP; empty: none); an entry that starts with -- is a
+#              whole XLA flag instead (e.g.
 #              --xla_gpu_enable_command_buffer= for no graphs); then benchmarks/launch_thread.py
 #              (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
@@ -63,7 +64,7 @@ fi
 
 if [[ $stages == *" dispatch "* ]]; then
 step "dispatch: host time of one jitted call, as is and per command-buffer update mode"
-for mode in default ${DISPATCH_MODES:-SKIP_TEMP NEVER_UPDATE}; do
+for mode in default ${DISPATCH_MODES-SKIP_TEMP}; do  # DISPATCH_MODES= : the default run only
   flags=${XLA_FLAGS:-}
   case $mode in
     default) ;;
