@@ -15,9 +15,8 @@
 #              on): the sampler's conditionals and its time per step (not in the default set).
 #   dispatch   benchmarks/dispatch_cost.py as is and with each XLA command-buffer update mode in
 #              DISPATCH_MODES (default SKIP_TEMP; empty: none); an entry that starts with -- is a
-#              whole XLA flag instead (e.g.
-#              --xla_gpu_enable_command_buffer= for no graphs); then benchmarks/launch_thread.py
-#              (not in the default set).
+#              whole XLA flag instead (e.g. --xla_gpu_enable_command_buffer= for no graphs);
+#              then benchmarks/launch_thread.py (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
