@@ -15,6 +15,8 @@ Measured, on a random-weight checkpoint of a published architecture (``--arch``,
 * batch-1 decode latency: ms per output token = (time(N tokens) - time(1 token)) / (N - 1),
   prefill excluded, median of ``--repeats``; its MBU = (weights + real KV bytes read per step,
   padding excluded) / ``--copy-bandwidth``;
+* batch-1 step time against context (``--context-lens``): the same latency at each prompt
+  length, over ``--context-output-len`` tokens (``plot_context.py`` draws it);
 * time to first token of a single request (prefill + first token), median of ``--repeats``;
 * start-up: engine construction; for xla also the runner's weight-load / bucket-compile split
   and the compilations after warm-up (must be 0); with ``--restart``, a cold and a warm start in
@@ -88,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--latency", default="128/128", help="IN/OUT of the batch-1 decode latency")
     p.add_argument("--ttft-lens", type=int, nargs="*", default=[128, 1024, 2048])
+    p.add_argument(
+        "--context-lens",
+        type=int,
+        nargs="*",
+        default=[],
+        help="batch-1 decode step time at each of these prompt lengths (step time against context)",
+    )
+    p.add_argument("--context-output-len", type=int, default=32, help="tokens per --context-lens")
     p.add_argument("--repeats", type=int, default=5, help="latency and TTFT: median of these")
     p.add_argument("--restart", action="store_true", help="cold and warm start-up first")
     p.add_argument("--cache-dir", help="compilation caches for --restart (default: a new dir)")
@@ -118,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except (argparse.ArgumentTypeError, ValueError) as e:
         p.error(str(e))
     lengths = [w.input_len + w.output_len for w in args.workloads] + [n + 1 for n in args.ttft_lens]
+    lengths += [n + args.context_output_len for n in args.context_lens]
     if args.latency:
         lengths.append(args.latency.input_len + args.latency.output_len)
     if lengths and max(lengths) > args.max_model_len:
@@ -246,29 +257,41 @@ def median_time(llm, rng, input_len: int, max_tokens: int, repeats: int, vocab: 
 
 
 def measure_latency(llm, args: argparse.Namespace, config: dict, vocab: int, rng) -> dict:
-    """Batch-1 ms per output token (prefill excluded) with its MBU, and TTFT per length."""
+    """Batch-1 ms per output token (prefill excluded) with its MBU, TTFT per length, and the
+    batch-1 step time at each ``--context-lens`` prompt length (``context``)."""
     result: dict = {"ttft_ms": {}}
     common.timed_generate(llm, common.random_prompts(rng, 1, 16, vocab), 4)  # warm-up
     if args.latency:
         n_in, n_out = args.latency.input_len, args.latency.output_len
-        full = median_time(llm, rng, n_in, n_out, args.repeats, vocab)
-        first = median_time(llm, rng, n_in, 1, args.repeats, vocab)
-        step_s = (full - first) / max(n_out - 1, 1)
-        nbytes = common.dtype_bytes(args.dtype, config)
-        # Decode steps 2..N read contexts of n_in + 1 .. n_in + N - 1 tokens: n_in + N/2 on average.
-        step_bytes = common.decode_step_bytes(
-            weight_bytes(config, nbytes), kv_bytes_per_token(config, nbytes), 1, n_in + n_out / 2
-        )
-        result.update(
-            input_len=n_in,
-            output_len=n_out,
-            ms_per_token=step_s * 1e3,
-            step_bytes=step_bytes,
-            mbu=common.mbu(step_bytes, step_s, args.copy_bandwidth),
-        )
+        result.update(batch1_decode(llm, args, config, vocab, rng, n_in, n_out))
     for n in args.ttft_lens:
         result["ttft_ms"][str(n)] = 1e3 * median_time(llm, rng, n, 1, args.repeats, vocab)
+    if args.context_lens:
+        result["context"] = [
+            batch1_decode(llm, args, config, vocab, rng, n, args.context_output_len)
+            for n in args.context_lens
+        ]
     return result
+
+
+def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: int) -> dict:
+    """One request of ``n_in`` prompt tokens: ms per output token over ``n_out`` tokens,
+    prefill excluded (time(n_out tokens) - time(1 token)), and its MBU."""
+    full = median_time(llm, rng, n_in, n_out, args.repeats, vocab)
+    first = median_time(llm, rng, n_in, 1, args.repeats, vocab)
+    step_s = (full - first) / max(n_out - 1, 1)
+    nbytes = common.dtype_bytes(args.dtype, config)
+    # Decode steps 2..N read contexts of n_in + 1 .. n_in + N - 1 tokens: n_in + N/2 on average.
+    step_bytes = common.decode_step_bytes(
+        weight_bytes(config, nbytes), kv_bytes_per_token(config, nbytes), 1, n_in + n_out / 2
+    )
+    return {
+        "input_len": n_in,
+        "output_len": n_out,
+        "ms_per_token": step_s * 1e3,
+        "step_bytes": step_bytes,
+        "mbu": common.mbu(step_bytes, step_s, args.copy_bandwidth),
+    }
 
 
 def measure_startup(args: argparse.Namespace, model_dir: str) -> dict:
@@ -304,7 +327,7 @@ def run_benchmarks(args: argparse.Namespace, model_dir: str) -> tuple[dict, list
         rows.append(measure_throughput(llm, w, w.num_prompts or args.num_prompts, vocab, rng))
         print(f"{w.name}: {rows[-1]['output_tokens_per_s']:.1f} output tok/s", flush=True)
     latency = None
-    if args.latency or args.ttft_lens:
+    if args.latency or args.ttft_lens or args.context_lens:
         latency = measure_latency(llm, args, config, vocab, rng)
     # Read last, so that compiles_since_warmup covers every measurement above.
     return stats_and_shutdown(llm, engine_s=engine_s), rows, latency
@@ -318,10 +341,13 @@ def main(argv: list[str] | None = None) -> None:
         return write_json(args.json, {"startup": measure_startup(args, model_dir)})
     restart = measure_restart(args) if args.restart else None
     startup, rows, latency = {}, [], None
-    if args.workloads or args.latency or args.ttft_lens:
+    if args.workloads or args.latency or args.ttft_lens or args.context_lens:
         startup, rows, latency = run_benchmarks(args, model_dir)
     elif restart is None:
-        sys.exit("nothing to measure: give workloads, --latency, --ttft-lens or --restart")
+        sys.exit(
+            "nothing to measure: give workloads, --latency, --ttft-lens, --context-lens or "
+            "--restart"
+        )
     finish(args, name, model_dir, startup, restart, rows, latency)
 
 
@@ -413,6 +439,11 @@ def print_report(r: dict) -> None:
     if lat and lat["ttft_ms"]:
         ttft = ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in lat["ttft_ms"].items())
         print(f"time to first token: {ttft}")
+    for c in (lat or {}).get("context", []):
+        print(
+            f"batch 1 at a {c['input_len']}-token prompt: {c['ms_per_token']:.2f} ms per output "
+            f"token, MBU {c['mbu']:.2%}"
+        )
 
 
 def write_json(path: str | None, result: dict) -> None:

@@ -53,6 +53,7 @@ def test_dtype_bytes():
 def test_parse_args_defaults_and_workloads():
     args = throughput.parse_args(["--arch", "llama-3.2-1b"])
     assert [w.name for w in args.workloads] == ["128/128", "1024/128", "2048/2048"]
+    assert [w.num_prompts for w in args.workloads] == [1024, 1024, None]  # None: --num-prompts
     assert args.num_prompts == 256 and args.backend == "xla"
     assert args.latency == throughput.Workload(128, 128)
     args = throughput.parse_args(
@@ -61,6 +62,9 @@ def test_parse_args_defaults_and_workloads():
     assert args.workloads == [throughput.Workload(2048, 2048, 64)] and args.latency is None
     args = throughput.parse_args(["--arch", "qwen3-0.6b", "--workloads", "none", "--ttft-lens"])
     assert args.workloads == [] and args.ttft_lens == []
+    assert args.context_lens == []
+    args = throughput.parse_args(["--arch", "llama-3.2-1b", "--context-lens", "128", "2048"])
+    assert args.context_lens == [128, 2048] and args.context_output_len == 32
 
 
 @pytest.mark.parametrize(
@@ -69,8 +73,9 @@ def test_parse_args_defaults_and_workloads():
         ["--arch", "llama-3.2-1b", "--workloads", "4096/128"],  # over --max-model-len 4096
         ["--arch", "llama-3.2-1b", "--workloads", "128"],  # no output length
         [],  # no model
+        ["--arch", "llama-3.2-1b", "--context-lens", "4080"],  # + 32 tokens over 4096
     ],
-    ids=["too_long", "malformed", "no_model"],
+    ids=["too_long", "malformed", "no_model", "context_too_long"],
 )
 def test_parse_args_rejects(argv):
     with pytest.raises(SystemExit):
