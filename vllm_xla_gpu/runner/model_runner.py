@@ -295,14 +295,13 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             # A much smaller program than the sampler's, with no metadata to stage: at batch 1
             # the host's cost of launching a program grows with its size (docs/performance.md).
             self.num_greedy_steps += 1
-            sampled_out = self.launcher.submit(
-                self._launch_greedy_step, step.model_out, num_reqs_padded
-            )
+            program, args = self._greedy_step, (num_reqs_padded,)
         else:
             md = self.sampling_inputs.to_metadata(step.rows, history, num_reqs_padded, bitmask)
-            sampled_out = self.launcher.submit(
-                self._launch_sample_step, want_logprobs, step.model_out, *pack(md)
-            )
+            program, args = self._sample_step, pack(md)
+        sampled_out = self.launcher.submit(
+            self._launch_sampler, program, want_logprobs, step.model_out, *args
+        )
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
         self._prev_sampled = PrevSampled(
@@ -428,24 +427,12 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         )
         return hidden, hidden_all
 
-    def _launch_greedy_step(
-        self, model_out: tuple[jax.Array, jax.Array], num_reqs: int
+    def _launch_sampler(
+        self, program, logprobs: bool, model_out: tuple[jax.Array, jax.Array], *args
     ) -> tuple[SamplerOutput, jax.Array]:
-        """The argmax program on the model step's hidden states; starts copying the ids out."""
-        out, padded_ids = self._greedy_step(self.logits_params, model_out[0], num_reqs)
-        start_copies_to_host(out, logprobs=False)
-        return out, padded_ids
-
-    def _launch_sample_step(
-        self,
-        logprobs: bool,
-        model_out: tuple[jax.Array, jax.Array],
-        words: np.ndarray,
-        big: list,
-        packing: Packing,
-    ) -> tuple[SamplerOutput, jax.Array]:
-        """The sampler on the model step's hidden states; starts copying its outputs out."""
-        out, padded_ids = self._sample_step(self.logits_params, model_out[0], words, big, packing)
+        """``program`` (``_greedy_step`` or ``_sample_step``) on the model step's hidden states,
+        then the start of the copies of its outputs to the host."""
+        out, padded_ids = program(self.logits_params, model_out[0], *args)
         start_copies_to_host(out, logprobs)
         return out, padded_ids
 
