@@ -29,12 +29,11 @@ import argparse
 import concurrent.futures
 import json
 import os
-import statistics
 import sys
 import time
 
 import jax
-from dispatch_cost import cases
+from dispatch_cost import cases, host_ms
 
 from vllm_xla_gpu.runner.launch import SWITCH_INTERVAL_S
 from vllm_xla_gpu.worker import _add_default_xla_flags
@@ -68,19 +67,6 @@ def loops_for(target_ms: float) -> int:
     return max(1, int(target_ms / 1e3 / per_loop))
 
 
-def median_ms(run, calls: int) -> float:
-    """Median host time of ``run()``, which returns what to wait for after the timed part."""
-    jax.block_until_ready(run())  # compiles, warms the thread
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        pending = run()
-        times.append((time.perf_counter() - start) * 1e3)
-        jax.block_until_ready(pending)
-        del pending
-    return statistics.median(times)
-
-
 def main() -> None:
     args = parse_args()
     _add_default_xla_flags()
@@ -100,9 +86,9 @@ def main() -> None:
         return future.result()
 
     rows = {
-        "call": median_ms(lambda: fn(*make_args()), args.calls),
-        "python": median_ms(lambda: python_work(loops), args.calls),
-        "in series": median_ms(in_series, args.calls),
+        "call": host_ms(lambda: fn(*make_args()), tuple, args.calls),
+        "python": host_ms(lambda: python_work(loops), tuple, args.calls),
+        "in series": host_ms(in_series, tuple, args.calls),
     }
     default_interval = sys.getswitchinterval()
     for name, interval in [
@@ -110,7 +96,7 @@ def main() -> None:
         ("+ short switch", SWITCH_INTERVAL_S),
     ]:
         sys.setswitchinterval(interval)
-        rows[name] = median_ms(launch_thread, args.calls)
+        rows[name] = host_ms(launch_thread, tuple, args.calls)
     sys.setswitchinterval(default_interval)
     pool.shutdown()
     print(f"launch thread on {device.device_kind}, jax {jax.__version__}")
