@@ -265,12 +265,13 @@ class SamplingInputs:
 
     def _penalty_history(self, rows, history: TokenHistory, num_reqs_padded: int) -> dict:
         num_reqs = len(rows)
-        penalized = (
+        # penalized() per row, on the columns (the local name must not hide that function)
+        rows_penalized = (
             (self.presence_penalty[rows] != 0)
             | (self.frequency_penalty[rows] != 0)
             | (self.repetition_penalty[rows] != 1)
         )
-        if not penalized.any():
+        if not rows_penalized.any():
             return {
                 "token_ids": self._constant((num_reqs_padded, self.max_model_len), np.int32, 0),
                 "num_prompt_tokens": np.zeros(num_reqs_padded, np.int32),
