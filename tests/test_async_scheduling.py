@@ -12,6 +12,9 @@ real engine over XLA:CPU, with ``async_scheduling=False`` and with vLLM's defaul
 * seeded sampling with penalties (which read the token history), min_tokens, logit bias,
   logprobs and prompt logprobs equals the synchronous run, logprobs included;
 * serving compiles nothing after warm-up;
+* vLLM's V2 scheduling protocol (``VLLM_USE_V2_MODEL_RUNNER=1``, the default on a GPU host
+  had the platform not pinned V1), which sends a preempted request back as a new request,
+  gives the same tokens and logprobs as V1's, sync and async;
 * with the launch thread (``VLLM_XLA_GPU_LAUNCH_THREAD=1``, ``runner/launch.py``), whose
   compiled calls run on another thread and may still be launching when the runner returns to
   vLLM, every one of these results is the same again.
@@ -20,11 +23,13 @@ real engine over XLA:CPU, with ``async_scheduling=False`` and with vLLM's defaul
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from engine import compiles_since_warmup, make_llm
 from test_generate_matches_hf import _block_bytes, _metric
 from tiny_models import hf_greedy
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
+from vllm.triton_utils import HAS_TRITON
 
 MAX_TOKENS = 12
 
@@ -37,6 +42,8 @@ def _runner_counters(worker) -> dict[str, int]:
         "early_resolves": runner.num_early_resolves,
         "launch_thread": runner.launcher.threaded,
         "launched": runner.launcher.num_launched,
+        "v2_protocol": runner.vllm_config.use_v2_model_runner,
+        "resumed_as_new": runner.num_resumed_as_new,
     }
 
 
@@ -129,3 +136,38 @@ def test_seeded_sampling_with_history_options_equals_sync(tiny_checkpoint, monke
         assert a.prompt_logprobs == s.prompt_logprobs == t.prompt_logprobs
         assert [c.logprobs for c in a.outputs] == [c.logprobs for c in s.outputs]
         assert [c.logprobs for c in t.outputs] == [c.logprobs for c in s.outputs]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="vLLM runs its V2 protocol only where Triton starts")
+def test_v2_scheduler_protocol_resumes_preempted_requests_like_v1(tiny_checkpoint, monkeypatch):
+    path = tiny_checkpoint("qwen3")
+    rng = np.random.default_rng(13)
+    prompts = [rng.integers(3, 500, size=n).tolist() for n in (30, 26, 34, 28, 22, 40, 3, 9)]
+    sampled = dict(temperature=0.9, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True),
+        SamplingParams(seed=3, repetition_penalty=1.4, frequency_penalty=0.5, **sampled),
+        SamplingParams(**sampled),  # unseeded: the runner draws its seed when it first sees it
+    ] * 3
+    params = params[: len(prompts)]
+    # Too few blocks for all eight at once: requests are preempted and resumed.
+    engine = dict(kv_cache_memory_bytes=17 * _block_bytes("qwen3"), disable_log_stats=False)
+    v1_out, v1 = _run(path, prompts, params, async_scheduling=False, **engine)
+    with monkeypatch.context() as m:
+        m.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+        v2_sync_out, v2_sync = _run(path, prompts, params, async_scheduling=False, **engine)
+        v2_async_out, v2_async = _run(path, prompts, params, **engine)
+
+    assert not v1["v2_protocol"] and v1["resumed_as_new"] == 0  # the platform pins V1
+    assert v1["preemptions"] > 0
+    for counters in (v2_sync, v2_async):
+        assert counters["v2_protocol"] and counters["preemptions"] > 0
+        assert counters["resumed_as_new"] > 0
+        assert counters["compiles"] == 0
+    assert _tokens(v2_sync_out) == _tokens(v1_out) == _tokens(v2_async_out)
+    for a, b, c in zip(v1_out, v2_sync_out, v2_async_out, strict=True):
+        assert [o.logprobs for o in a.outputs] == [o.logprobs for o in b.outputs]
+        assert [o.logprobs for o in a.outputs] == [o.logprobs for o in c.outputs]
+    greedy = [i for i, p in enumerate(params) if p.temperature == 0.0]
+    expected = hf_greedy(path, [prompts[i] for i in greedy], MAX_TOKENS)
+    assert [_tokens(v1_out)[i] for i in greedy] == expected

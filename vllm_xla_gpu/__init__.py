@@ -11,6 +11,8 @@ Both run in every vLLM process, so they must be cheap and must not start a JAX b
 Nothing else happens at import time.
 """
 
+import os
+
 
 def register_platform() -> str | None:
     """Entry point for ``vllm.platform_plugins``.
@@ -21,7 +23,16 @@ def register_platform() -> str | None:
     """
     from vllm_xla_gpu.config import plugin_enabled
 
-    return "vllm_xla_gpu.platform.XlaGpuPlatform" if plugin_enabled() else None
+    if not plugin_enabled():
+        return None
+    # vLLM's scheduler speaks one of two protocols to the runner, picked by
+    # ``VllmConfig.use_v2_model_runner``: by default V2 wherever Triton can start (a GPU host),
+    # V1 elsewhere (XLA:CPU). Pin V1, the protocol this runner follows (as vLLM's V1 GPU runner
+    # does), so that serving on a GPU runs the scheduler the CPU tests run. The runner still
+    # accepts V2's (``VLLM_USE_V2_MODEL_RUNNER=1``). Set before any ``VllmConfig`` exists: its
+    # ``__post_init__`` reads the choice before the platform's ``check_and_update_config``.
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    return "vllm_xla_gpu.platform.XlaGpuPlatform"
 
 
 def register_general() -> None:

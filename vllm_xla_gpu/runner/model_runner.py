@@ -147,6 +147,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.num_steps_with_device_tokens = 0
         self.num_greedy_steps = 0  # steps sampled by the argmax-only program
         self.num_early_resolves = 0
+        self.num_resumed_as_new = 0  # preempted requests sent back by vLLM's V2 protocol
         # Seconds the host spent waiting for sampled tokens, over how many outputs: near the
         # device's step time means the host keeps up; near zero means the host is the limit.
         self.token_wait_seconds = 0.0

@@ -38,6 +38,9 @@ class RequestStatesMixin:
         self._update_cached_requests(so.scheduled_cached_reqs)
 
     def _add_new_request(self, new) -> None:
+        if new.req_id in self.requests:
+            self._resume_as_new(new)
+            return
         params = new.sampling_params
         seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**31))
         state = RequestState(
@@ -55,6 +58,29 @@ class RequestStatesMixin:
         self.prompt_logprobs.add_request(new.req_id, params.prompt_logprobs)
         self._add_to_batch(state)
 
+    def _resume_as_new(self, new) -> None:
+        """A preempted request sent back as a new one: vLLM's V2 protocol (the platform pins
+        V1, which sends it as a resumed cached request instead). ``prefill_token_ids`` holds
+        its prompt and every output token the engine kept; the request keeps its seed, its
+        prompt-logprobs state and its token-history flag."""
+        state = self.requests[new.req_id]
+        self.num_resumed_as_new += 1
+        outputs = new.prefill_token_ids[len(state.prompt_token_ids) :]
+        self._truncate_outputs(state, len(outputs))
+        state.output_token_ids[:] = outputs
+        state.block_ids = list(new.block_ids[0])
+        state.num_computed_tokens = new.num_computed_tokens
+        self.batch.remove_request(new.req_id)
+        self._add_to_batch(state)
+
+    def _truncate_outputs(self, state: RequestState, num_output_tokens: int) -> None:
+        """Keep the first ``num_output_tokens`` outputs (the scheduler dropped the rest: a
+        preempted request's in-flight tokens); their placeholders are forgotten too."""
+        if len(state.output_token_ids) > num_output_tokens:
+            for output in self._unresolved:
+                output.forget(state.req_id, num_output_tokens)
+        del state.output_token_ids[num_output_tokens:]
+
     def _add_to_batch(self, state: RequestState) -> None:
         row = self.batch.add_request(state)
         self.sampling_inputs.set_request(row, state.sampling_params, state.seed)
@@ -63,12 +89,7 @@ class RequestStatesMixin:
         for i, req_id in enumerate(cached.req_ids):
             state = self.requests[req_id]
             state.num_computed_tokens = cached.num_computed_tokens[i]
-            num_output_tokens = cached.num_output_tokens[i]
-            if len(state.output_token_ids) > num_output_tokens:
-                # The scheduler dropped tokens (a preempted request's in-flight output).
-                for output in self._unresolved:
-                    output.forget(req_id, num_output_tokens)
-            del state.output_token_ids[num_output_tokens:]
+            self._truncate_outputs(state, cached.num_output_tokens[i])
             new_blocks = cached.new_block_ids[i]
             row = self.batch.req_id_to_row.get(req_id)
             if req_id in cached.resumed_req_ids:
