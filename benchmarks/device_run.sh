@@ -26,6 +26,9 @@
 #   throughput-ab    this backend as is (A) and with TP_AB_ENV=VAR=VALUE set (B), run A B B A.
 #   throughput-flags this backend as is, with each XLA flag of TP_FLAGS, and as is again.
 #   Each writes $OUT/throughput_<backend>_<arch>[_TP_TAG].json for benchmarks/compare.py.
+#   TP_TIMEOUT bounds each run (default 570 s): on a fresh machine the first Llama-3.2-1B
+#   start compiles every bucket cold (48 s on the H100), and with its workloads a run then took
+#   more than 110 s.
 # Run there as:  source .device/setup.sh && bash benchmarks/device_run.sh
 # (.device from ../shared/device/make-bundle.sh; .whl holds pytest; .device-assets the tokenizer)
 set -uo pipefail
@@ -130,10 +133,15 @@ throughput() {  # $1 = xla | cuda; the environment is set by the caller
   local model=(--arch "${TP_ARCH:-llama-3.2-1b}") label=${TP_ARCH:-llama-3.2-1b}
   if [ -n "${TP_MODEL:-}" ]; then model=(--model "$TP_MODEL"); label=$(basename "$TP_MODEL"); fi
   local name="throughput_$1_$label${TP_TAG:+_$TP_TAG}"
-  timeout ${TP_TIMEOUT:-570} python3 benchmarks/throughput.py --backend "$1" "${model[@]}" \
-    ${TP_ARGS:-} --json "$out/$name.json" > "$out/$name.log" 2>&1
+  timeout --kill-after=10 ${TP_TIMEOUT:-570} python3 benchmarks/throughput.py --backend "$1" \
+    "${model[@]}" ${TP_ARGS:-} --json "$out/$name.json" > "$out/$name.log" 2>&1
   local rc=$?; echo "$name exit $rc"
-  if [ $rc -ne 0 ]; then grep -v "INFO" "$out/$name.log" | tail -15; return; fi
+  if [ $rc -ne 0 ]; then
+    # A run killed by the timeout can leave vLLM's engine-core process holding the GPU's memory,
+    # and the next run would then fail to allocate: end it before going on.
+    pkill -9 -f "VLLM::EngineCore|benchmarks/throughput.py" 2>/dev/null; sleep 3
+    grep -v "INFO" "$out/$name.log" | tail -15; return
+  fi
   sed -n '/, backend /,$p' "$out/$name.log" | grep -v "WARNING\|INFO" | tail -14
 }
 if [[ $stages == *" throughput "* ]]; then
