@@ -122,6 +122,9 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.attention_impl = resolve_attention_impl(config.attention_impl, device.platform)
         register_torch_op()
         register_custom_ops()  # before the model is built: vLLM picks the class then
+        # Which way vLLM's scheduler hands back preempted requests (vllm_xla_gpu/__init__.py).
+        protocol = "V2" if vllm_config.use_v2_model_runner else "V1"
+        logger.info("vLLM scheduler protocol: %s (VLLM_USE_V2_MODEL_RUNNER)", protocol)
         self.requests: dict[str, RequestState] = {}
         self.compile_guard = CompileGuard()
         # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
