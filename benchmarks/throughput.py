@@ -314,6 +314,11 @@ def stats_and_shutdown(llm, **stats) -> dict:
     return stats
 
 
+def wants_latency(args: argparse.Namespace) -> bool:
+    """Whether any batch-1 measurement was asked for (latency, TTFT or the context sweep)."""
+    return bool(args.latency or args.ttft_lens or args.context_lens)
+
+
 def run_benchmarks(args: argparse.Namespace, model_dir: str) -> tuple[dict, list, dict | None]:
     """Start the engine, run every workload, then batch-1 latency and TTFT."""
     import numpy as np
@@ -326,9 +331,7 @@ def run_benchmarks(args: argparse.Namespace, model_dir: str) -> tuple[dict, list
     for w in args.workloads:
         rows.append(measure_throughput(llm, w, w.num_prompts or args.num_prompts, vocab, rng))
         print(f"{w.name}: {rows[-1]['output_tokens_per_s']:.1f} output tok/s", flush=True)
-    latency = None
-    if args.latency or args.ttft_lens or args.context_lens:
-        latency = measure_latency(llm, args, config, vocab, rng)
+    latency = measure_latency(llm, args, config, vocab, rng) if wants_latency(args) else None
     # Read last, so that compiles_since_warmup covers every measurement above.
     return stats_and_shutdown(llm, engine_s=engine_s), rows, latency
 
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         return write_json(args.json, {"startup": measure_startup(args, model_dir)})
     restart = measure_restart(args) if args.restart else None
     startup, rows, latency = {}, [], None
-    if args.workloads or args.latency or args.ttft_lens or args.context_lens:
+    if args.workloads or wants_latency(args):
         startup, rows, latency = run_benchmarks(args, model_dir)
     elif restart is None:
         sys.exit(
