@@ -79,7 +79,7 @@ for mode in default ${DISPATCH_MODES-SKIP_TEMP}; do  # DISPATCH_MODES= : the def
   echo "dispatch ($mode) exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_cost_$tag.log" | tail -8
 done
 timeout 120 python3 benchmarks/launch_thread.py --json "$out/launch_thread.json" > "$out/launch_thread.log" 2>&1
-echo "launch thread exit $?"; grep -v "WARNING\|INFO" "$out/launch_thread.log" | tail -6
+echo "launch thread exit $?"; grep -v "WARNING\|INFO" "$out/launch_thread.log" | tail -9
 fi
 
 if [[ $stages == *" kernel "* ]]; then

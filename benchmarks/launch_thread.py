@@ -19,8 +19,14 @@ The worker thread needs the GIL to start the call (jax converts the arguments un
 releases it during XLA's launch. With a long switch interval it may get the GIL only when this
 thread's Python work is over, and then nothing overlaps; with a short one, ``launch thread``
 comes near ``max(call, python)``. The device is idle before each iteration (its results are
-waited for after the timed part). Prints a table of median host milliseconds and writes JSON
-(``--json``).
+waited for after the timed part).
+
+Last, how much of a call leaves the GIL free: for ``--spin-s`` seconds a second thread counts
+in a Python loop while this one makes calls (0.1 ms switch interval). ``call beside a spinner``
+is the host time per call then (timed like ``call``); ``GIL free during a call`` is how far the
+spinner counted during the calls, against its pace while this thread sleeps. Only the part of a
+call that runs without the GIL can overlap the runner's Python on a launch thread. Prints a
+table of median host milliseconds and writes JSON (``--json``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import argparse
 import concurrent.futures
 import json
 import os
+import statistics
 import sys
+import threading
 import time
 
 import jax
@@ -44,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--weights", type=int, default=128, help="device arrays besides the input")
     p.add_argument("--python-ms", type=float, default=1.0, help="length of the Python work")
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--spin-s", type=float, default=2.0, help="length of the GIL measurement")
     p.add_argument("--json")
     return p.parse_args()
 
@@ -65,6 +74,39 @@ def loops_for(target_ms: float) -> int:
     python_work(100_000)
     per_loop = (time.perf_counter() - start) / 100_000
     return max(1, int(target_ms / 1e3 / per_loop))
+
+
+def beside_spinner(fn, make_args, seconds: float) -> tuple[float, float, float]:
+    """Time ``fn(*make_args())`` as :func:`dispatch_cost.host_ms` does, repeatedly for
+    ``seconds``, while another thread counts in a Python loop.
+
+    Returns:
+        (median host ms per call, the spinner's counts per second of calls, and per second of
+        everything else).
+    """
+    count, stop = [0], threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            count[0] += 1
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    times, in_calls, begin = [], 0, time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        call_args = make_args()
+        before, start = count[0], time.perf_counter()
+        out = fn(*call_args)
+        times.append(time.perf_counter() - start)
+        in_calls += count[0] - before
+        jax.block_until_ready(out)
+        del out
+    elapsed = time.perf_counter() - begin
+    stop.set()
+    thread.join()
+    call_s = sum(times)
+    rest_rate = (count[0] - in_calls) / max(elapsed - call_s, 1e-9)
+    return statistics.median(times) * 1e3, in_calls / max(call_s, 1e-9), rest_rate
 
 
 def main() -> None:
@@ -97,11 +139,16 @@ def main() -> None:
     ]:
         sys.setswitchinterval(interval)
         rows[name] = host_ms(launch_thread, tuple, args.calls)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    _, idle_rate, _ = beside_spinner(lambda: time.sleep(1e-3), tuple, args.spin_s)
+    rows["call beside a spinner"], call_rate, _ = beside_spinner(fn, make_args, args.spin_s)
+    gil_free = call_rate / idle_rate
     sys.setswitchinterval(default_interval)
     pool.shutdown()
     print(f"launch thread on {device.device_kind}, jax {jax.__version__}")
     for name, ms in rows.items():
-        print(f"{name:>14} {ms:8.3f} ms host")
+        print(f"{name:>21} {ms:8.3f} ms host")
+    print(f"GIL free during a call: {gil_free:.0%} (the spinner's pace then, against idle)")
     hidden = rows["in series"] - min(rows["launch thread"], rows["+ short switch"])
     print(
         f"hidden by the thread: {hidden:.3f} ms of min(call, python) = "
@@ -115,6 +162,7 @@ def main() -> None:
                     "xla_flags": os.environ.get("XLA_FLAGS", ""),
                     "python_ms_target": args.python_ms,
                     "host_ms": rows,
+                    "gil_free_during_call": gil_free,
                 },
                 f,
                 indent=1,
