@@ -76,13 +76,12 @@ def loops_for(target_ms: float) -> int:
     return max(1, int(target_ms / 1e3 / per_loop))
 
 
-def beside_spinner(fn, make_args, seconds: float) -> tuple[float, float, float]:
+def beside_spinner(fn, make_args, seconds: float) -> tuple[float, float]:
     """Time ``fn(*make_args())`` as :func:`dispatch_cost.host_ms` does, repeatedly for
     ``seconds``, while another thread counts in a Python loop.
 
     Returns:
-        (median host ms per call, the spinner's counts per second of calls, and per second of
-        everything else).
+        (median host ms per call, the spinner's counts per second spent inside the calls).
     """
     count, stop = [0], threading.Event()
 
@@ -101,12 +100,9 @@ def beside_spinner(fn, make_args, seconds: float) -> tuple[float, float, float]:
         in_calls += count[0] - before
         jax.block_until_ready(out)
         del out
-    elapsed = time.perf_counter() - begin
     stop.set()
     thread.join()
-    call_s = sum(times)
-    rest_rate = (count[0] - in_calls) / max(elapsed - call_s, 1e-9)
-    return statistics.median(times) * 1e3, in_calls / max(call_s, 1e-9), rest_rate
+    return statistics.median(times) * 1e3, in_calls / max(sum(times), 1e-9)
 
 
 def main() -> None:
@@ -140,8 +136,8 @@ def main() -> None:
         sys.setswitchinterval(interval)
         rows[name] = host_ms(launch_thread, tuple, args.calls)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    _, idle_rate, _ = beside_spinner(lambda: time.sleep(1e-3), tuple, args.spin_s)
-    rows["call beside a spinner"], call_rate, _ = beside_spinner(fn, make_args, args.spin_s)
+    _, idle_rate = beside_spinner(lambda: time.sleep(1e-3), tuple, args.spin_s)
+    rows["call beside a spinner"], call_rate = beside_spinner(fn, make_args, args.spin_s)
     gil_free = call_rate / idle_rate
     sys.setswitchinterval(default_interval)
     pool.shutdown()
