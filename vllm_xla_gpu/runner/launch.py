@@ -6,8 +6,9 @@ updating and launching its CUDA graph; docs/performance.md), and jax releases th
 time (``PjitFunction::Call`` around ``Execute``). vLLM's scheduler and the runner's bookkeeping
 are Python, so today the two run one after the other. With ``VLLM_XLA_GPU_LAUNCH_THREAD=1`` the
 runner hands its calls to one launch thread, in order, and returns to vLLM's engine at once:
-the next step's Python runs while XLA starts this one. Off by default until measured on a GPU
-(``benchmarks/launch_thread.py`` measures the overlap itself).
+the next step's Python runs while XLA starts this one. Off by default: on the H100,
+``benchmarks/launch_thread.py`` found it hid 0.044 ms of the 0.51 ms that could overlap, and
+engine runs with and without it did not yet run on one machine (docs/performance.md, 2026-11-28).
 
 A call's arguments may be earlier calls' pending results (:class:`Launched`); the launch thread
 runs calls in the order they were submitted, so each is ready when a later call needs it.
