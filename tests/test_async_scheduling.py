@@ -15,9 +15,10 @@ real engine over XLA:CPU, with ``async_scheduling=False`` and with vLLM's defaul
 * vLLM's V2 scheduling protocol (``VLLM_USE_V2_MODEL_RUNNER=1``, the default on a GPU host
   had the platform not pinned V1), which sends a preempted request back as a new request,
   gives the same tokens and logprobs as V1's, sync and async;
-* with the launch thread (``VLLM_XLA_GPU_LAUNCH_THREAD=1``, ``runner/launch.py``), whose
-  compiled calls run on another thread and may still be launching when the runner returns to
-  vLLM, every one of these results is the same again.
+* with the launch thread (the default, ``runner/launch.py``), whose compiled calls run on
+  another thread and may still be launching when the runner returns to vLLM, and without it
+  (``VLLM_XLA_GPU_LAUNCH_THREAD=0``: each call runs when the runner makes it), every one of
+  these results is the same again.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ def _tokens(outputs) -> list[list[int]]:
     return [list(c.token_ids) for o in outputs for c in o.outputs]
 
 
-def _run_launch_thread(monkeypatch, path, prompts, params, **engine):
-    """``_run`` with the runner's launch thread on."""
+def _run_without_launch_thread(monkeypatch, path, prompts, params, **engine):
+    """``_run`` with the runner's launch thread off (it is on by default)."""
     with monkeypatch.context() as m:
-        m.setenv("VLLM_XLA_GPU_LAUNCH_THREAD", "1")
+        m.setenv("VLLM_XLA_GPU_LAUNCH_THREAD", "0")
         return _run(path, prompts, params, **engine)
 
 
@@ -87,12 +88,12 @@ def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
     )
     sync_out, sync = _run(path, prompts, params, async_scheduling=False, **engine)
     async_out, default = _run(path, prompts, params, **engine)
-    thread_out, threaded = _run_launch_thread(monkeypatch, path, prompts, params, **engine)
+    direct_out, direct = _run_without_launch_thread(monkeypatch, path, prompts, params, **engine)
 
-    assert threaded["launch_thread"] and not default["launch_thread"]
-    assert threaded["launched"] > 0 and threaded["preemptions"] > 0
-    assert threaded["compiles"] == 0
-    assert _tokens(thread_out) == _tokens(async_out)
+    assert default["launch_thread"] and not direct["launch_thread"]
+    assert default["launched"] > 0 and direct["preemptions"] > 0
+    assert direct["compiles"] == 0
+    assert _tokens(direct_out) == _tokens(async_out)
     assert default["async_scheduling"] and not sync["async_scheduling"]
     assert default["steps_with_device_tokens"] > 0
     assert default["early_resolves"] == 0  # greedy needs no token history: no host waits
@@ -126,13 +127,14 @@ def test_seeded_sampling_with_history_options_equals_sync(tiny_checkpoint, monke
     ]
     sync_out, sync = _run(path, prompts, params, async_scheduling=False)
     async_out, default = _run(path, prompts, params)
-    thread_out, threaded = _run_launch_thread(monkeypatch, path, prompts, params)
+    direct_out, direct = _run_without_launch_thread(monkeypatch, path, prompts, params)
 
     assert default["async_scheduling"] and default["steps_with_device_tokens"] > 0
-    assert threaded["launch_thread"] and threaded["steps_with_device_tokens"] > 0
-    assert default["compiles"] == sync["compiles"] == threaded["compiles"] == 0
-    assert _tokens(async_out) == _tokens(sync_out) == _tokens(thread_out)
-    for a, s, t in zip(async_out, sync_out, thread_out, strict=True):
+    assert default["launch_thread"] and not direct["launch_thread"]
+    assert direct["steps_with_device_tokens"] > 0
+    assert default["compiles"] == sync["compiles"] == direct["compiles"] == 0
+    assert _tokens(async_out) == _tokens(sync_out) == _tokens(direct_out)
+    for a, s, t in zip(async_out, sync_out, direct_out, strict=True):
         assert a.prompt_logprobs == s.prompt_logprobs == t.prompt_logprobs
         assert [c.logprobs for c in a.outputs] == [c.logprobs for c in s.outputs]
         assert [c.logprobs for c in t.outputs] == [c.logprobs for c in s.outputs]

@@ -22,10 +22,10 @@ Environment variables (all optional):
 ``VLLM_XLA_GPU_STAGE_INPUTS``       ``1`` (default): a compiled step copies its transferred inputs
                                     into its own scratch memory before using them; ``0``: it reads
                                     them where they arrived (``runner/transfer.py``, ``stage``).
-``VLLM_XLA_GPU_LAUNCH_THREAD``      ``1``: the runner starts its compiled steps from one launch
-                                    thread, meant to overlap vLLM's Python with XLA's launch, and
-                                    the process takes a 0.1 ms GIL switch interval (default ``0``;
-                                    on the H100 it hid 0.04 ms a call: ``runner/launch.py``).
+``VLLM_XLA_GPU_LAUNCH_THREAD``      ``1`` (default): the runner starts its compiled steps from one
+                                    launch thread, so vLLM's Python overlaps XLA's launch, and the
+                                    process takes a 0.1 ms GIL switch interval; ``0``: each call
+                                    runs when the runner makes it (``runner/launch.py``).
 ``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
                                     ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -124,5 +124,5 @@ class XlaGpuConfig:
             max_num_seqs=sched.max_num_seqs,
             max_model_len=vllm_config.model_config.max_model_len,
             stage_inputs=_env("STAGE_INPUTS", "1") != "0",
-            launch_thread=_env("LAUNCH_THREAD", "0") == "1",
+            launch_thread=_env("LAUNCH_THREAD", "1") != "0",
         )

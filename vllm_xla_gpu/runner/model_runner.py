@@ -12,8 +12,8 @@ Per step (DESIGN.md §4)::
 Under vLLM's async scheduling the last arrow waits: ``sample_tokens`` returns an
 ``AsyncModelRunnerOutput``, and the next step reads the tokens it needs from the previous step's
 sampled ids on the device (``runner/async_output.py``). The model and sample steps are started
-through a ``Launcher`` (``runner/launch.py``): at once, or, with ``VLLM_XLA_GPU_LAUNCH_THREAD=1``,
-in order from one launch thread while the runner returns to vLLM.
+through a ``Launcher`` (``runner/launch.py``): in order from one launch thread while the runner
+returns to vLLM (the default), or at once with ``VLLM_XLA_GPU_LAUNCH_THREAD=0``.
 
 Four jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
 ``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
