@@ -32,6 +32,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -172,23 +173,26 @@ def _publish(staging: pathlib.Path, target: pathlib.Path) -> None:
 
 
 def _convert_in_child(gguf_path: pathlib.Path, out_dir: pathlib.Path, progress: bool) -> None:
-    """Run :func:`_convert` in a spawned process and wait for it.
+    """Run :func:`_convert` in a fresh Python process and wait for it.
 
     Why not here: dequantizing starts torch's CPU thread pool, and a pool does not survive a
     fork. vLLM starts its engine core by forking the caller, so a caller that converted in
     process and then built an ``LLM`` got an engine core that hung at its first multi-threaded
-    torch op (``examples/generate.py`` on a machine without the cached checkpoint).
+    torch op (``examples/generate.py`` on a machine without the cached checkpoint). A plain
+    subprocess rather than multiprocessing's spawn: spawn re-imports the caller's main script,
+    which breaks scripts that call this at module level without a ``__main__`` guard.
     """
-    import multiprocessing
-
-    child = multiprocessing.get_context("spawn").Process(
-        target=_convert_with_progress, args=(str(gguf_path), str(out_dir), progress)
+    code = (
+        "import sys; from vllm_xla_gpu.checkpoints.smollm2 import _convert_with_progress; "
+        "_convert_with_progress(sys.argv[1], sys.argv[2], sys.argv[3] == '1')"
     )
-    child.start()
-    child.join()
-    if child.exitcode != 0:
+    # The child imports what this process imports, wherever its sys.path found it.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    argv = [sys.executable, "-c", code, str(gguf_path), str(out_dir), "1" if progress else "0"]
+    returncode = subprocess.run(argv, env=env, check=False).returncode
+    if returncode != 0:
         raise RuntimeError(
-            f"converting {gguf_path} failed in its own process (exit code {child.exitcode}); "
+            f"converting {gguf_path} failed in its own process (exit code {returncode}); "
             "its error is printed above"
         )
 
