@@ -254,13 +254,14 @@ def _special_tokens_from_config(tokenizer: Any, config: Any) -> None:
 
 
 def _check_special_tokens(tokenizer: Any, config: Any) -> None:
-    """Fail loudly if the GGUF tokenizer and model config disagree on bos/eos."""
+    """Fail loudly if the config's bos/eos ids (now the tokenizer's, by
+    :func:`_special_tokens_from_config`) do not name SmolLM2-Instruct's tokens."""
     # The GGUF file says bos = <|im_start|> (1), eos = pad = <|im_end|> (2), as upstream
     # SmolLM2-Instruct does; <|im_end|> ends every chat turn, so it must be eos for vLLM.
-    if tokenizer.eos_token != "<|im_end|>" or tokenizer.eos_token_id != config.eos_token_id:
+    if tokenizer.eos_token != "<|im_end|>":
         raise ValueError(f"unexpected eos: {tokenizer.eos_token=} {config.eos_token_id=}")
-    if tokenizer.bos_token_id != config.bos_token_id:
-        raise ValueError(f"unexpected bos: {tokenizer.bos_token_id=} {config.bos_token_id=}")
+    if tokenizer.bos_token != "<|im_start|>":
+        raise ValueError(f"unexpected bos: {tokenizer.bos_token=} {config.bos_token_id=}")
     if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template:
         raise ValueError("the GGUF file carries no ChatML chat template")
 
