@@ -201,12 +201,15 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         spec: AttentionSpec = group.kv_cache_spec
         self.block_size = spec.block_size
         num_blocks = kv_cache_config.num_blocks
-        # Committed to the device, like every later step's output: jit keys its cache on that.
-        zeros = jax.jit(
-            lambda: jnp.zeros(_kv_cache_shape(spec, num_blocks), t2j_dtype(spec.dtype)),
-            out_shardings=jax.sharding.SingleDeviceSharding(self.device),
-        )
-        self.kv_caches = {name: zeros() for name in group.layer_names}
+        # Only their shapes until ``precompile`` has compiled every program against them
+        # (``allocate_kv_caches``); committed to the device, like every later step's output,
+        # since jit keys its cache on that.
+        sharding = jax.sharding.SingleDeviceSharding(self.device)
+        shape, dtype = _kv_cache_shape(spec, num_blocks), t2j_dtype(spec.dtype)
+        self.kv_caches = {
+            name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            for name in group.layer_names
+        }
         self.kv_cache_block_bytes = spec.page_size_bytes
         self.max_blocks_per_req = cdiv(self.config.max_model_len, self.block_size)
         self.batch = InputBatch(
@@ -222,15 +225,20 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             len(self.kv_caches) * num_blocks * spec.page_size_bytes / 2**30,
         )
 
+    def allocate_kv_caches(self) -> None:
+        """Replace the caches' shapes (``initialize_kv_cache``) with zeroed arrays."""
+        aval = next(iter(self.kv_caches.values()))  # every layer's cache has one shape
+        zeros = jax.jit(lambda: jnp.zeros(aval.shape, aval.dtype), out_shardings=aval.sharding)
+        self.kv_caches = {name: zeros() for name in self.kv_caches}
+
     def step_scratch_bytes(self) -> int:
         """Device memory the largest steps need besides weights and KV cache.
 
         XLA's memory analysis of the largest token bucket's ``model_step`` and
         ``prompt_logprobs_step`` and the largest request bucket's ``sample_step``, compiled
-        against a one-page KV cache (the cache size does not change their scratch), plus the
-        largest weight: programs compile after the cache is allocated, and XLA's GPU autotuner
-        runs candidate kernels on operand buffers of its own (the LM head's, for the logits).
-        Used to size the KV cache on a GPU.
+        against a one-page KV cache (the cache size does not change their scratch). Used to size
+        the KV cache on a GPU. XLA's GPU autotuner needs memory as well, but only while
+        programs compile, which ``precompile`` does before it allocates the cache.
         """
         start = time.perf_counter()
         specs = self.get_kv_cache_spec()
@@ -251,8 +259,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         targets = jax.ShapeDtypeStruct((hidden_all.shape[0],), jnp.int32, sharding=sharding)
         prompt_step = self._prompt_logprobs_step.lower(self.logits_params, hidden_all, targets)
         programs = (model_step, sample_step, prompt_step)
-        largest_weight = max(x.nbytes for x in jax.tree.leaves(self.params))
-        scratch = sum(_scratch(lowered) for lowered in programs) + largest_weight
+        scratch = sum(_scratch(lowered) for lowered in programs)
         self.scratch_seconds = time.perf_counter() - start  # start-up split (benchmarks)
         return scratch
 

@@ -11,10 +11,12 @@ code under process-wide state (vLLM's forward context and current config, torcha
 environment). Compilation is XLA's own work in C++, which releases the GIL, so the lowered
 modules compile side by side in a thread pool.
 
-A jitted function called later with the same arguments reuses what ``.lower(...).compile()``
-built (jit caches the lowering and the lowering keeps its executable), so the warm-up runs
-that follow compile nothing. :class:`WarmUpCall` pairs a jitted function with the exact
-arguments of its warm-up run, so that the lowering and the run cannot drift apart.
+Programs are lowered against the shapes of the arrays they will take (``ShapeDtypeStruct`` with
+the device's sharding, so the KV caches need not exist yet), and a jitted function called later
+with arrays of those shapes reuses what ``.lower(...).compile()`` built (jit caches the lowering
+and the lowering keeps its executable), so the warm-up runs that follow compile nothing.
+:class:`WarmUpCall` pairs a jitted function with the arguments of its warm-up run, so that the
+lowering and the run cannot drift apart.
 """
 
 from __future__ import annotations
@@ -56,32 +58,23 @@ class WarmUpCall:
         return self.fn(*self.args)
 
 
-def compile_ahead(
-    calls: Sequence[WarmUpCall], threads: int, on_compiled: Callable[[], None]
-) -> tuple[float, float]:
-    """Lower ``calls`` one by one, then compile them on ``threads`` threads (1: in order).
+def lower_ahead(calls: Sequence[WarmUpCall]) -> list:
+    """Lower ``calls`` one by one, on this thread (tracing runs vLLM's model code)."""
+    return [call.fn.lower(*call.args) for call in calls]
 
-    Args:
-        calls: the programs, with their warm-up arguments.
-        threads: compilations in flight at once.
-        on_compiled: called after each compilation (progress bars).
 
-    Returns:
-        Seconds spent lowering, then compiling (or loading from JAX's persistent cache).
-    """
-    start = time.perf_counter()
-    lowered = [call.fn.lower(*call.args) for call in calls]
-    lowered_at = time.perf_counter()
+def compile_lowered(lowered: Sequence, threads: int, on_compiled: Callable[[], None]) -> None:
+    """Compile lowered programs on ``threads`` threads (1: in order), calling ``on_compiled``
+    after each (progress bars); a compilation error is raised here."""
     if threads <= 1:
         for program in lowered:
             program.compile()
             on_compiled()
-    else:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xla-compile") as pool:
-            for future in as_completed([pool.submit(program.compile) for program in lowered]):
-                future.result()  # re-raises a compilation error here
-                on_compiled()
-    return lowered_at - start, time.perf_counter() - lowered_at
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="xla-compile") as pool:
+        for future in as_completed([pool.submit(program.compile) for program in lowered]):
+            future.result()  # re-raises a compilation error here
+            on_compiled()
 
 
 class PrecompileMixin:
@@ -90,32 +83,37 @@ class PrecompileMixin:
     def precompile(self) -> float:
         """Compile ``model_step`` for every token bucket, ``sample_step`` and ``greedy_step`` for
         every request bucket and ``prompt_logprobs_step`` for every token bucket, with a progress
-        bar, and run each once; then arm the compile guard. Returns the seconds spent.
+        bar; then allocate the KV caches, run each program once and arm the compile guard.
+        Returns the seconds spent.
 
-        Programs are lowered one at a time and compiled on ``compile_threads`` threads
-        (``runner/precompile.py``); the sampler's lowering needs a model step's output, so the
-        model steps go first."""
+        Every program compiles before the KV caches exist: XLA's GPU autotuner runs candidate
+        kernels on buffers of its own, one set per compilation in flight, and a cache that
+        fills the device leaves it no room (the real SmolLM2 at 16 sequences ran out of memory
+        that way on the H100). Programs are lowered one at a time, against the caches' and the
+        model step's output shapes, and compiled on ``compile_threads`` threads."""
         start = time.perf_counter()
         self.warm_up_recompiles = 0
         # Where start-up compilation goes (seconds): tracing and lowering on one thread, XLA
         # (or JAX's persistent cache) on several, and one run of each program.
         split = dict(lower=0.0, compile=0.0, warm_up_runs=0.0)
-        if self.config.precompile:
-            threads = self.compile_threads()
+        if not self.config.precompile:
+            self.allocate_kv_caches()
+        else:
             total = 2 * len(self.token_buckets) + 2 * len(self.request_buckets)
             with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
                 model_calls = [self._model_step_call(n) for n in self.token_buckets]
-                _add(split, compile_ahead(model_calls, threads, bar.update))
-                outputs = self._run_warm_ups(model_calls, split)
-                self._hidden_template = outputs[-1][0]
-                sampler_calls = [self._sample_step_call(n) for n in self.request_buckets]
-                sampler_calls += [self._greedy_step_call(n) for n in self.request_buckets]
-                sampler_calls += [
-                    self._prompt_logprobs_call(hidden_all) for _, _, hidden_all in outputs
-                ]
-                del outputs
-                _add(split, compile_ahead(sampler_calls, threads, bar.update))
-                self._run_warm_ups(sampler_calls, split)
+                lowered = lower_ahead(model_calls)
+                outputs = [self._committed_shapes(program.out_info) for program in lowered]
+                lowered += lower_ahead(self._sampler_calls(outputs))
+                lowered_at = time.perf_counter()
+                compile_lowered(lowered, self.compile_threads(), bar.update)
+                del lowered
+                split["lower"] = lowered_at - start
+                split["compile"] = time.perf_counter() - lowered_at
+            self.allocate_kv_caches()
+            outputs = self._run_warm_ups(model_calls, split)
+            self._run_warm_ups(self._sampler_calls(outputs), split)
+            del outputs
             if self.warm_up_recompiles:
                 logger.warning(
                     "%d programs compiled again at their warm-up run", self.warm_up_recompiles
@@ -169,26 +167,40 @@ class PrecompileMixin:
         return outputs
 
     def _model_step_call(self, num_tokens: int) -> WarmUpCall:
+        # Lowered against the caches' shapes; its warm-up run takes the allocated caches.
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
         args = (self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs))
         return WarmUpCall(self._model_step, args)
 
-    def _sample_step_call(self, num_reqs: int) -> WarmUpCall:
+    def _committed_shapes(self, out_info: Any) -> Any:
+        """Output shapes as the arrays the runs will hand over: committed to the device (jit
+        keys its cache on that, and a lowering's ``out_info`` does not say so)."""
+        sharding = jax.sharding.SingleDeviceSharding(self.device)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), out_info
+        )
+
+    def _sampler_calls(self, model_outputs: list) -> list[WarmUpCall]:
+        """The programs that take a model step's outputs (``hidden``, _, ``hidden_all``): the
+        samplers per request bucket and prompt logprobs per token bucket. ``model_outputs``
+        holds each token bucket's outputs, or their shapes (``Lowered.out_info``) to lower."""
+        hidden = model_outputs[-1][0]
+        calls = [self._sample_step_call(hidden, n) for n in self.request_buckets]
+        calls += [self._greedy_step_call(hidden, n) for n in self.request_buckets]
+        calls += [self._prompt_logprobs_call(out[2]) for out in model_outputs]
+        return calls
+
+    def _sample_step_call(self, hidden, num_reqs: int) -> WarmUpCall:
         md = idle_metadata(self.sampling_inputs, num_reqs)
-        return WarmUpCall(self._sample_step, (self.logits_params, self._hidden_template, *pack(md)))
+        return WarmUpCall(self._sample_step, (self.logits_params, hidden, *pack(md)))
 
-    def _greedy_step_call(self, num_reqs: int) -> WarmUpCall:
-        return WarmUpCall(self._greedy_step, (self.logits_params, self._hidden_template, num_reqs))
+    def _greedy_step_call(self, hidden, num_reqs: int) -> WarmUpCall:
+        return WarmUpCall(self._greedy_step, (self.logits_params, hidden, num_reqs))
 
-    def _prompt_logprobs_call(self, hidden_all: jax.Array) -> WarmUpCall:
+    def _prompt_logprobs_call(self, hidden_all) -> WarmUpCall:
         # numpy targets, as in serving: one program for both
         targets = np.zeros(hidden_all.shape[0], np.int32)
         return WarmUpCall(self._prompt_logprobs_step, (self.logits_params, hidden_all, targets))
-
-
-def _add(split: dict[str, float], lower_and_compile: tuple[float, float]) -> None:
-    split["lower"] += lower_and_compile[0]
-    split["compile"] += lower_and_compile[1]
 
 
 def idle_metadata(inputs: SamplingInputs, num_reqs_padded: int) -> SamplingMetadata:
