@@ -111,7 +111,7 @@ def test_graph_runtime_sums_xla_runtime_events_per_step():
 
     step = [
         event("CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)", 1000),
-        event("CommonPjRtLoadedExecutable::Execute (jit__greedy_step_fn)", 200),
+        event("CommonPjRtLoadedExecutable::Execute (jit__sample_step_fn)", 200),
         event("cuGraphLaunch (CudaGraph:7)", 400),
         event("command_buffer::update", 150),
         event("command_buffer::update", 150, pid=9),  # on the device's timeline: not host time
@@ -124,7 +124,7 @@ def test_graph_runtime_sums_xla_runtime_events_per_step():
             "count_per_step": 1.0,
         },
         "cuGraphLaunch (CudaGraph:7)": {"ms_per_step": 0.4, "count_per_step": 1.0},
-        "CommonPjRtLoadedExecutable::Execute (jit__greedy_step_fn)": {
+        "CommonPjRtLoadedExecutable::Execute (jit__sample_step_fn)": {
             "ms_per_step": 0.2,
             "count_per_step": 1.0,
         },

@@ -162,9 +162,9 @@ def test_sampling_inputs_gather_rows_and_pad_greedy():
 
 
 def test_plain_greedy_rows_are_the_argmax_of_raw_logits():
-    """``plain_greedy`` (the runner's cue for its argmax-only program) holds exactly for greedy
-    rows without logprobs, penalties, bias or masks; the sampler gives those rows the argmax of
-    the raw logits."""
+    """``plain_greedy`` (the runner's cue for taking the model step's argmax) holds exactly for
+    greedy rows without logprobs, penalties, bias or masks; the sampler gives those rows the
+    argmax of the raw logits."""
     variants = {
         "greedy": (SamplingParams(temperature=0.0), True),
         "greedy, top-k set": (SamplingParams(temperature=0.0, top_k=5, top_p=0.5), True),

@@ -279,8 +279,8 @@ def _greedy_steps(worker) -> int:
 
 
 def test_greedy_same_alone_and_in_mixed_batch(llm):
-    """Plain greedy requests alone take the argmax-only program; in a batch with other options
-    they take the whole sampler. Both must give the same tokens."""
+    """Plain greedy requests alone take the model step's argmax (no sampler); in a batch with
+    other options they take the whole sampler. Both must give the same tokens."""
     greedy_prompts = prompts_of([9, 33], seed=6)
     other_prompts = prompts_of([5, 12, 20, 7, 15], seed=7)
     params = greedy(10, ignore_eos=True)
@@ -302,8 +302,9 @@ def test_greedy_same_alone_and_in_mixed_batch(llm):
 
     assert [mixed[1], mixed[4]] == alone
     assert after_alone - before >= 10  # every sampling step of the greedy pair
-    # Mixed: argmax-only steps only once every other request has finished (the structured
-    # request stops after 2 tokens, the sampled ones after 6-10); never more than the pair's.
+    # Mixed: steps without the sampler only once every other request has finished (the
+    # structured request stops after 2 tokens, the sampled ones after 6-10); never more than
+    # the pair's.
     assert after_mixed - after_alone < after_alone - before
 
 

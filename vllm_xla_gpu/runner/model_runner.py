@@ -4,9 +4,10 @@ Per step (DESIGN.md §4)::
 
     SchedulerOutput -> _update_states (persistent numpy batch)
                     -> prepare_step_inputs (pad to a token bucket) -> one packed transfer
-                    -> model_step(params, kv_caches[donated], inputs)   # vLLM's model via torchax
-                    -> sample_step(params, hidden, sampling_metadata)   # logits + sampler
-                       (or greedy_step(params, hidden): the argmax, when every row is greedy)
+                    -> model_step(params, kv_caches[donated], logits[donated], inputs)
+                         # vLLM's model via torchax, its logits and their argmax
+                    -> sample_step(logits, sampling_metadata)   # the sampler, unless every
+                         # request is plain greedy: then the model step's argmax is the token
                     -> tokens (and logprobs) to host -> ModelRunnerOutput
 
 Under vLLM's async scheduling the last arrow waits: ``sample_tokens`` returns an
@@ -15,21 +16,25 @@ sampled ids on the device (``runner/async_output.py``). The model and sample ste
 through a ``Launcher`` (``runner/launch.py``): in order from one launch thread while the runner
 returns to vLLM (the default), or at once with ``VLLM_XLA_GPU_LAUNCH_THREAD=0``.
 
-Four jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
+Three jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
 ``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
 not depend on the request count), ``sample_step`` per *request* bucket (every sampling option,
-structured output and logprobs are data of fixed shapes: ``sample/metadata.py``),
-``greedy_step`` per request bucket (only the argmax, for steps whose every request is plain
-greedy: vLLM's all-greedy shortcut, chosen on the host), and ``prompt_logprobs_step`` per token
-bucket, run only in steps where a request wants prompt logprobs. The runner owns the
-model parameters, the per-layer KV caches (donated through every step), the persistent batch and
-the compile guard that proves serving compiles nothing.
+structured output and logprobs are data of fixed shapes: ``sample/metadata.py``), and
+``prompt_logprobs_step`` per token bucket, run only in steps where a request wants prompt
+logprobs. The model step ends with the LM head: it writes each request's logits into a
+``[max_num_seqs, vocab]`` buffer (donated through every step, so only the rows computed are
+written) and takes their argmax. A step whose every request is plain greedy (vLLM's all-greedy
+shortcut, chosen on the host) takes that argmax as its tokens and launches no sampler: one
+program per step, which at batch 1 saves the host one program launch (docs/performance.md).
+The runner owns the model parameters, the per-layer KV caches, the logits buffer, the
+persistent batch and the compile guard that proves serving compiles nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +93,22 @@ logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that l
 MIN_REQUEST_BUCKET = 8
 
 
+class ModelStepOutput(NamedTuple):
+    """What a model step hands to sampling (its updated KV caches stay with the runner).
+
+    Attributes:
+        logits: [max_num_seqs, vocab] in the model's dtype; rows ``:min(num_tokens,
+            max_num_seqs)`` hold this step's logits at each request's last token.
+        greedy_ids: i32[max_num_seqs] the argmax of each of those rows (zeros beyond them).
+        hidden_all: [num_tokens_padded, hidden_size] every token's hidden state (read only for
+            prompt logprobs).
+    """
+
+    logits: jax.Array
+    greedy_ids: jax.Array
+    hidden_all: jax.Array
+
+
 @dataclasses.dataclass
 class _PendingStep:
     """What ``execute_model`` leaves for ``sample_tokens``."""
@@ -95,10 +116,8 @@ class _PendingStep:
     req_ids: list[str]
     rows: np.ndarray  # i32[num_reqs]
     num_scheduled: np.ndarray  # i32[num_reqs]
-    # The model step's (hidden, hidden_all), maybe still being launched (runner/launch.py):
-    # [max_num_seqs, hidden_size] hidden state at each request's last token, and
-    # [num_tokens_padded, hidden_size] every token's (read only for prompt logprobs).
-    model_out: Launched
+    # The model step's outputs but the caches, maybe still being launched (runner/launch.py).
+    model_out: Launched  # of ModelStepOutput
 
 
 class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
@@ -128,9 +147,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.requests: dict[str, RequestState] = {}
         self.compile_guard = CompileGuard()
         # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
-        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1,), static_argnums=(5,))
-        self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(4,))
-        self._greedy_step = jax.jit(self._greedy_step_fn, static_argnums=(2,))
+        self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1, 2), static_argnums=(6,))
+        self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(3,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         # Every serving call of the jitted steps goes through here, in order (runner/launch.py).
         self.launcher = Launcher(config.launch_thread)
@@ -148,7 +166,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # Steps whose input tokens came from the device, and host waits for an output vLLM had
         # not collected yet (before penalties, or a fallback): tests and benchmarks read them.
         self.num_steps_with_device_tokens = 0
-        self.num_greedy_steps = 0  # steps sampled by the argmax-only program
+        self.num_greedy_steps = 0  # steps whose tokens are the model step's argmax
         self.num_early_resolves = 0
         self.num_resumed_as_new = 0  # preempted requests sent back by vLLM's V2 protocol
         # Seconds the host spent waiting for sampled tokens, over how many outputs: near the
@@ -174,8 +192,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.model = torch_model
         self.jax_model = TorchaxModel(torch_model)
         jax.block_until_ready(self.params)
-        # The sampler and prompt logprobs compute logits only: hand them the LM head's arrays,
-        # not the whole model (host time per call grows with the arrays handed over).
+        # Prompt logprobs compute logits only: hand them the LM head's arrays, not the whole
+        # model (host time per call grows with the arrays handed over).
         model_config = self.vllm_config.model_config
         hidden = jax.ShapeDtypeStruct(
             (1, model_config.get_hidden_size()), t2j_dtype(model_config.dtype)
@@ -202,14 +220,14 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.block_size = spec.block_size
         num_blocks = kv_cache_config.num_blocks
         # Only their shapes until ``precompile`` has compiled every program against them
-        # (``allocate_kv_caches``); committed to the device, like every later step's output,
-        # since jit keys its cache on that.
+        # (``allocate_kv_caches``).
         sharding = jax.sharding.SingleDeviceSharding(self.device)
         shape, dtype = _kv_cache_shape(spec, num_blocks), t2j_dtype(spec.dtype)
         self.kv_caches = {
             name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
             for name in group.layer_names
         }
+        self.logits_buffer = self._logits_buffer_shape()
         self.kv_cache_block_bytes = spec.page_size_bytes
         self.max_blocks_per_req = cdiv(self.config.max_model_len, self.block_size)
         self.batch = InputBatch(
@@ -226,19 +244,31 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         )
 
     def allocate_kv_caches(self) -> None:
-        """Replace the caches' shapes (``initialize_kv_cache``) with zeroed arrays."""
-        aval = next(iter(self.kv_caches.values()))  # every layer's cache has one shape
-        zeros = jax.jit(lambda: jnp.zeros(aval.shape, aval.dtype), out_shardings=aval.sharding)
+        """Replace the caches' and the logits buffer's shapes (``initialize_kv_cache``) with
+        zeroed arrays."""
+        zeros = _zeros_fn(next(iter(self.kv_caches.values())))  # every layer's has one shape
         self.kv_caches = {name: zeros() for name in self.kv_caches}
+        self.logits_buffer = _zeros_fn(self.logits_buffer)()
+
+    def _logits_buffer_shape(self) -> jax.ShapeDtypeStruct:
+        """``[max_num_seqs, vocab]`` in the dtype of the model's logits, on the device."""
+        model_config = self.vllm_config.model_config
+        hidden = jax.ShapeDtypeStruct(
+            (self.max_num_reqs, model_config.get_hidden_size()), t2j_dtype(model_config.dtype)
+        )
+        logits = jax.eval_shape(self._logits, self.logits_params, hidden)
+        sharding = jax.sharding.SingleDeviceSharding(self.device)
+        return jax.ShapeDtypeStruct(logits.shape, logits.dtype, sharding=sharding)
 
     def step_scratch_bytes(self) -> int:
         """Device memory the largest steps need besides weights and KV cache.
 
         XLA's memory analysis of the largest token bucket's ``model_step`` and
         ``prompt_logprobs_step`` and the largest request bucket's ``sample_step``, compiled
-        against a one-page KV cache (the cache size does not change their scratch). Used to size
-        the KV cache on a GPU. XLA's GPU autotuner needs memory as well, but only while
-        programs compile, which ``precompile`` does before it allocates the cache.
+        against a one-page KV cache (the cache size does not change their scratch), plus the
+        logits buffer. Used to size the KV cache on a GPU. XLA's GPU autotuner needs memory as
+        well, but only while programs compile, which ``precompile`` does before it allocates
+        the cache.
         """
         start = time.perf_counter()
         specs = self.get_kv_cache_spec()
@@ -251,22 +281,23 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         max_blocks = cdiv(self.config.max_model_len, spec.block_size)
         inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
         prev = jax.ShapeDtypeStruct((self.max_num_reqs,), jnp.int32, sharding=sharding)
-        model_step = self._model_step.lower(self.params, kv, prev, *pack(inputs))
-        hidden = model_step.out_info[0]
+        logits = self._logits_buffer_shape()
+        model_step = self._model_step.lower(self.params, kv, logits, prev, *pack(inputs))
         md = idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
-        sample_step = self._sample_step.lower(self.logits_params, hidden, *pack(md))
-        hidden_all = model_step.out_info[2]
+        sample_step = self._sample_step.lower(logits, *pack(md))
+        hidden_all = model_step.out_info[1].hidden_all
         targets = jax.ShapeDtypeStruct((hidden_all.shape[0],), jnp.int32, sharding=sharding)
         prompt_step = self._prompt_logprobs_step.lower(self.logits_params, hidden_all, targets)
         programs = (model_step, sample_step, prompt_step)
-        scratch = sum(_scratch(lowered) for lowered in programs)
+        logits_bytes = logits.size * logits.dtype.itemsize
+        scratch = sum(_scratch(lowered) for lowered in programs) + logits_bytes
         self.scratch_seconds = time.perf_counter() - start  # start-up split (benchmarks)
         return scratch
 
     # ---- per step -------------------------------------------------------------------------
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
-        """Run the model on the scheduled tokens; keep the hidden states for sampling."""
+        """Run the model on the scheduled tokens; keep its logits for sampling."""
         self._update_states(scheduler_output)
         if scheduler_output.total_num_scheduled_tokens == 0:
             return EMPTY_MODEL_RUNNER_OUTPUT
@@ -303,16 +334,15 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         num_logprobs = self.sampling_inputs.num_logprobs[step.rows]
         want_logprobs = bool(num_reqs and num_logprobs.max() >= 0)
         if bitmask is None and self.sampling_inputs.plain_greedy(step.rows):
-            # A much smaller program than the sampler's, with no metadata to stage: at batch 1
-            # the host's cost of launching a program grows with its size (docs/performance.md).
+            # The model step's argmax is what the sampler would pick: no program to launch
+            # (at batch 1 each launch costs the host about 0.2 ms, docs/performance.md).
             self.num_greedy_steps += 1
-            program, args = self._greedy_step, (num_reqs_padded,)
+            sampled_out = self.launcher.submit(_greedy_output, step.model_out)
         else:
             md = self.sampling_inputs.to_metadata(step.rows, history, num_reqs_padded, bitmask)
-            program, args = self._sample_step, pack(md)
-        sampled_out = self.launcher.submit(
-            self._launch_sampler, program, want_logprobs, step.model_out, *args
-        )
+            sampled_out = self.launcher.submit(
+                self._launch_sampler, want_logprobs, step.model_out, *pack(md)
+            )
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
         self._prev_sampled = PrevSampled(
@@ -345,7 +375,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         if not chunks:
             return {}
         prompts = [self.requests[c.req_id].prompt_token_ids for c in chunks]
-        hidden_all = ready(step.model_out)[1]  # waits for the model step's launch, if threaded
+        hidden_all = ready(step.model_out).hidden_all  # waits for the launch, if threaded
         targets = self.prompt_logprobs.targets(chunks, prompts, hidden_all.shape[0])
         # numpy straight to jit, whose dispatch moves it (runner/transfer.py)
         top = self._prompt_logprobs_step(self.logits_params, hidden_all, targets)
@@ -430,20 +460,21 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
 
     def _launch_model_step(
         self, prev_sampled: jax.Array, words: np.ndarray, big: list, packing: Packing
-    ) -> tuple[jax.Array, jax.Array]:
-        """The model step on the current KV caches, which it replaces (donated); returns
-        ``(hidden, hidden_all)``. Only launches touch ``kv_caches`` while serving, in order."""
-        hidden, self.kv_caches, hidden_all = self._model_step(
-            self.params, self.kv_caches, prev_sampled, words, big, packing
+    ) -> ModelStepOutput:
+        """The model step on the current KV caches and logits buffer, which it replaces
+        (donated). Only launches touch them while serving, in order."""
+        self.kv_caches, out = self._model_step(
+            self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big, packing
         )
-        return hidden, hidden_all
+        self.logits_buffer = out.logits
+        return out
 
     def _launch_sampler(
-        self, program, logprobs: bool, model_out: tuple[jax.Array, jax.Array], *args
+        self, logprobs: bool, model_out: ModelStepOutput, words: np.ndarray, big: list, packing
     ) -> tuple[SamplerOutput, jax.Array]:
-        """``program`` (``_greedy_step`` or ``_sample_step``) on the model step's hidden states,
-        then the start of the copies of its outputs to the host."""
-        out, padded_ids = program(self.logits_params, model_out[0], *args)
+        """The sampler on the model step's logits, then the start of the copies of its outputs
+        to the host."""
+        out, padded_ids = self._sample_step(model_out.logits, words, big, packing)
         start_copies_to_host(out, logprobs)
         return out, padded_ids
 
@@ -453,15 +484,15 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self,
         params: dict,
         kv_caches: dict[str, jax.Array],
+        logits_buffer: jax.Array,  # [max_num_seqs, vocab], donated
         prev_sampled_token_ids: jax.Array,  # i32[max_num_seqs] (async scheduling)
         words: jax.Array,
         big: list[jax.Array],
         packing: Packing,
-    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
-        """vLLM's model over the padded tokens (``StepInputs`` packed by ``transfer.pack``);
-        returns hidden states at each request's last token (``[max_num_seqs, hidden]``), the
-        updated KV caches, and the hidden states of every token (read only for prompt
-        logprobs)."""
+    ) -> tuple[dict[str, jax.Array], ModelStepOutput]:
+        """vLLM's model over the padded tokens (``StepInputs`` packed by ``transfer.pack``),
+        then its logits at each request's last token and their argmax; returns the updated KV
+        caches and a :class:`ModelStepOutput`."""
         inputs: StepInputs = unpack(words, big, packing, self.config.stage_inputs)
         # Async scheduling: tokens sampled by the previous step come from the device.
         from_prev = prev_sampled_token_ids[jnp.maximum(inputs.prev_token_index, 0)]
@@ -474,33 +505,32 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             set_forward_context(ctx, self.vllm_config, num_tokens=num_tokens, slot_mapping={}),
         ):
             hidden = self.jax_model.call(params, "forward", input_ids, inputs.positions)
-        return hidden[inputs.logits_indices], ctx.kv_caches, hidden
+        # A step has at most as many requests as tokens: only that many rows need the LM head.
+        rows = min(num_tokens, self.max_num_reqs)
+        logits = self._logits(params, hidden[inputs.logits_indices[:rows]])
+        greedy_ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        out = ModelStepOutput(
+            logits_buffer.at[:rows].set(logits),  # in place: the buffer is donated
+            self._pad_to_max_reqs(greedy_ids),
+            hidden,
+        )
+        return ctx.kv_caches, out
 
     def _sample_step_fn(
-        self, params: dict, hidden: jax.Array, words: jax.Array, big: list, packing: Packing
+        self, logits: jax.Array, words: jax.Array, big: list, packing: Packing
     ) -> tuple[SamplerOutput, jax.Array]:
-        """Logits of the first ``num_reqs`` rows (the request bucket), then the sampler on the
-        ``SamplingMetadata`` packed by ``transfer.pack``. Also returns the sampled ids padded
-        to ``max_num_seqs`` rows: the next model step's fixed-shape input under async
-        scheduling."""
+        """The sampler on the first ``num_reqs`` rows (the request bucket) of the model step's
+        logits, in float32 (as vLLM's sampler takes them), with the ``SamplingMetadata`` packed
+        by ``transfer.pack``. Also returns the sampled ids padded to ``max_num_seqs`` rows: the
+        next model step's fixed-shape input under async scheduling."""
         md: SamplingMetadata = unpack(words, big, packing, self.config.stage_inputs)
         num_reqs = md.temperature.shape[0]
-        out = sample(self._compute_logits(params, hidden[:num_reqs]), md)
+        out = sample(logits[:num_reqs].astype(jnp.float32), md)
         return out, self._pad_to_max_reqs(out.sampled_token_ids)
 
-    def _greedy_step_fn(
-        self, params: dict, hidden: jax.Array, num_reqs: int
-    ) -> tuple[SamplerOutput, jax.Array]:
-        """``_sample_step_fn`` for a step whose rows are all plain greedy
-        (``SamplingInputs.plain_greedy``): the argmax of the logits of the first ``num_reqs``
-        rows, which is what the sampler picks for such rows. No logprobs (``None``)."""
-        logits = self._compute_logits(params, hidden[:num_reqs])
-        sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return SamplerOutput(sampled, None), self._pad_to_max_reqs(sampled)
-
     def _pad_to_max_reqs(self, sampled: jax.Array) -> jax.Array:
-        """The sampled ids padded to ``max_num_seqs`` rows: the next model step's fixed-shape
-        input under async scheduling (both samplers return it)."""
+        """Sampled ids padded to ``max_num_seqs`` rows: the next model step's fixed-shape
+        input under async scheduling (the model step's argmax and the sampler return it)."""
         return jnp.zeros(self.max_num_reqs, jnp.int32).at[: sampled.shape[0]].set(sampled)
 
     def _prompt_logprobs_fn(
@@ -511,10 +541,13 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             lambda hidden: self._compute_logits(params, hidden), hidden_all, targets
         )
 
-    def _compute_logits(self, params: dict, hidden: jax.Array) -> jax.Array:
+    def _logits(self, params: dict, hidden: jax.Array) -> jax.Array:
+        """vLLM's ``compute_logits``, in the model's dtype."""
         with torchax.default_env(), set_current_vllm_config(self.vllm_config):
-            logits = self.jax_model.call(params, "compute_logits", hidden)
-        return logits.astype(jnp.float32)
+            return self.jax_model.call(params, "compute_logits", hidden)
+
+    def _compute_logits(self, params: dict, hidden: jax.Array) -> jax.Array:
+        return self._logits(params, hidden).astype(jnp.float32)
 
     # ---- persistent batch updates ----------------------------------------------------------
 
@@ -522,6 +555,20 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         return SamplingInputs(
             self.max_num_reqs, self.vocab_size, self.config.max_model_len, self.device
         )
+
+
+def _greedy_output(model_out: ModelStepOutput) -> tuple[SamplerOutput, jax.Array]:
+    """A plain-greedy step's sampler output: the model step's argmax (no logprobs), with the
+    copy of its ids to the host started."""
+    out = SamplerOutput(model_out.greedy_ids, None)
+    start_copies_to_host(out, False)
+    return out, model_out.greedy_ids
+
+
+def _zeros_fn(aval: jax.ShapeDtypeStruct):
+    """A jitted function that returns zeros of ``aval``'s shape, dtype and sharding (committed
+    to the device, like every step's outputs: jit keys its cache on that)."""
+    return jax.jit(lambda: jnp.zeros(aval.shape, aval.dtype), out_shardings=aval.sharding)
 
 
 def _kv_cache_shape(spec: AttentionSpec, num_blocks: int) -> tuple[int, ...]:

@@ -81,9 +81,10 @@ class PrecompileMixin:
     """Start-up compilation of ``XlaGpuModelRunner`` (see the module docstring)."""
 
     def precompile(self) -> float:
-        """Compile ``model_step`` for every token bucket, ``sample_step`` and ``greedy_step`` for
-        every request bucket and ``prompt_logprobs_step`` for every token bucket, with a progress
-        bar; then allocate the KV caches, run each program once and arm the compile guard.
+        """Compile ``model_step`` for every token bucket, ``sample_step`` for every request
+        bucket and ``prompt_logprobs_step`` for every token bucket, with a progress bar; then
+        allocate the KV caches (and the logits buffer), run each program once and arm the
+        compile guard.
         Returns the seconds spent.
 
         Every program compiles before the KV caches exist: XLA's GPU autotuner runs candidate
@@ -99,11 +100,11 @@ class PrecompileMixin:
         if not self.config.precompile:
             self.allocate_kv_caches()
         else:
-            total = 2 * len(self.token_buckets) + 2 * len(self.request_buckets)
+            total = 2 * len(self.token_buckets) + len(self.request_buckets)
             with tqdm(total=total, desc="Compiling XLA buckets", unit="program") as bar:
                 model_calls = [self._model_step_call(n) for n in self.token_buckets]
                 lowered = lower_ahead(model_calls)
-                outputs = [self._committed_shapes(program.out_info) for program in lowered]
+                outputs = [self._committed_shapes(program.out_info)[1] for program in lowered]
                 lowered += lower_ahead(self._sampler_calls(outputs))
                 lowered_at = time.perf_counter()
                 compile_lowered(lowered, self.compile_threads(), bar.update)
@@ -150,15 +151,16 @@ class PrecompileMixin:
         """Run each compiled-ahead call once, in order; count compilations they still needed
         (and add the seconds to ``split["warm_up_runs"]``).
 
-        The model steps donate the KV caches, so each takes the caches the previous returned."""
+        The model steps donate the KV caches and the logits buffer, so each takes those the
+        previous returned; their results are the ``ModelStepOutput`` parts."""
         start = time.perf_counter()
         before = CompileCounter.compiles
         outputs = []
         for call in calls:
             if call.fn is self._model_step:
-                call.args = (call.args[0], self.kv_caches, *call.args[2:])
-                out = call.run()
-                self.kv_caches = out[1]
+                call.args = (call.args[0], self.kv_caches, self.logits_buffer, *call.args[3:])
+                self.kv_caches, out = call.run()
+                self.logits_buffer = out.logits
             else:
                 out = call.run()
             outputs.append(jax.block_until_ready(out))
@@ -169,7 +171,8 @@ class PrecompileMixin:
     def _model_step_call(self, num_tokens: int) -> WarmUpCall:
         # Lowered against the caches' shapes; its warm-up run takes the allocated caches.
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
-        args = (self.params, self.kv_caches, self._no_prev_sampled, *pack(inputs))
+        args = (self.params, self.kv_caches, self.logits_buffer, self._no_prev_sampled)
+        args += tuple(pack(inputs))
         return WarmUpCall(self._model_step, args)
 
     def _committed_shapes(self, out_info: Any) -> Any:
@@ -181,21 +184,17 @@ class PrecompileMixin:
         )
 
     def _sampler_calls(self, model_outputs: list) -> list[WarmUpCall]:
-        """The programs that take a model step's outputs (``hidden``, _, ``hidden_all``): the
-        samplers per request bucket and prompt logprobs per token bucket. ``model_outputs``
-        holds each token bucket's outputs, or their shapes (``Lowered.out_info``) to lower."""
-        hidden = model_outputs[-1][0]
-        calls = [self._sample_step_call(hidden, n) for n in self.request_buckets]
-        calls += [self._greedy_step_call(hidden, n) for n in self.request_buckets]
-        calls += [self._prompt_logprobs_call(out[2]) for out in model_outputs]
+        """The programs that take a model step's outputs (``ModelStepOutput``): the sampler per
+        request bucket, on the logits, and prompt logprobs per token bucket, on ``hidden_all``.
+        ``model_outputs`` holds each token bucket's outputs, or their shapes to lower."""
+        logits = model_outputs[-1].logits
+        calls = [self._sample_step_call(logits, n) for n in self.request_buckets]
+        calls += [self._prompt_logprobs_call(out.hidden_all) for out in model_outputs]
         return calls
 
-    def _sample_step_call(self, hidden, num_reqs: int) -> WarmUpCall:
+    def _sample_step_call(self, logits, num_reqs: int) -> WarmUpCall:
         md = idle_metadata(self.sampling_inputs, num_reqs)
-        return WarmUpCall(self._sample_step, (self.logits_params, hidden, *pack(md)))
-
-    def _greedy_step_call(self, hidden, num_reqs: int) -> WarmUpCall:
-        return WarmUpCall(self._greedy_step, (self.logits_params, hidden, num_reqs))
+        return WarmUpCall(self._sample_step, (logits, *pack(md)))
 
     def _prompt_logprobs_call(self, hidden_all) -> WarmUpCall:
         # numpy targets, as in serving: one program for both
