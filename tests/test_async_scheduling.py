@@ -63,6 +63,19 @@ def _tokens(outputs) -> list[list[int]]:
     return [list(c.token_ids) for o in outputs for c in o.outputs]
 
 
+def _assert_same_logprobs(a, b) -> None:
+    """Both runs gave each request the same top tokens with the same ranks at every position,
+    and logprobs equal to float32 rounding. Not bitwise: the LM head runs inside each token
+    bucket's model step, and scheduling modes compose steps differently (around preemptions
+    above all), so a token's logits may come from another bucket's compiled matmul."""
+    for x, y in zip(a.outputs, b.outputs, strict=True):
+        assert (x.logprobs is None) == (y.logprobs is None)
+        for at_x, at_y in zip(x.logprobs or [], y.logprobs or [], strict=True):
+            assert {t: p.rank for t, p in at_x.items()} == {t: p.rank for t, p in at_y.items()}
+            for token, p in at_x.items():
+                assert p.logprob == pytest.approx(at_y[token].logprob, abs=1e-5)
+
+
 def _run_without_launch_thread(monkeypatch, path, prompts, params, **engine):
     """``_run`` with the runner's launch thread off (it is on by default)."""
     with monkeypatch.context() as m:
@@ -168,8 +181,8 @@ def test_v2_scheduler_protocol_resumes_preempted_requests_like_v1(tiny_checkpoin
         assert counters["compiles"] == 0
     assert _tokens(v2_sync_out) == _tokens(v1_out) == _tokens(v2_async_out)
     for a, b, c in zip(v1_out, v2_sync_out, v2_async_out, strict=True):
-        assert [o.logprobs for o in a.outputs] == [o.logprobs for o in b.outputs]
-        assert [o.logprobs for o in a.outputs] == [o.logprobs for o in c.outputs]
+        assert [o.logprobs for o in a.outputs] == [o.logprobs for o in b.outputs]  # same steps
+        _assert_same_logprobs(a, c)
     greedy = [i for i, p in enumerate(params) if p.temperature == 0.0]
     expected = hf_greedy(path, [prompts[i] for i in greedy], MAX_TOKENS)
     assert [_tokens(v1_out)[i] for i in greedy] == expected
