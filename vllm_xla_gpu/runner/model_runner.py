@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -470,7 +471,12 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         return out
 
     def _launch_sampler(
-        self, logprobs: bool, model_out: ModelStepOutput, words: np.ndarray, big: list, packing
+        self,
+        logprobs: bool,
+        model_out: ModelStepOutput,
+        words: np.ndarray,
+        big: list,
+        packing: Packing,
     ) -> tuple[SamplerOutput, jax.Array]:
         """The sampler on the model step's logits, then the start of the copies of its outputs
         to the host."""
@@ -565,7 +571,7 @@ def _greedy_output(model_out: ModelStepOutput) -> tuple[SamplerOutput, jax.Array
     return out, model_out.greedy_ids
 
 
-def _zeros_fn(aval: jax.ShapeDtypeStruct):
+def _zeros_fn(aval: jax.ShapeDtypeStruct) -> Callable[[], jax.Array]:
     """A jitted function that returns zeros of ``aval``'s shape, dtype and sharding (committed
     to the device, like every step's outputs: jit keys its cache on that)."""
     return jax.jit(lambda: jnp.zeros(aval.shape, aval.dtype), out_shardings=aval.sharding)

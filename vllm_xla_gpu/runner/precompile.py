@@ -84,8 +84,7 @@ class PrecompileMixin:
         """Compile ``model_step`` for every token bucket, ``sample_step`` for every request
         bucket and ``prompt_logprobs_step`` for every token bucket, with a progress bar; then
         allocate the KV caches (and the logits buffer), run each program once and arm the
-        compile guard.
-        Returns the seconds spent.
+        compile guard. Returns the seconds spent.
 
         Every program compiles before the KV caches exist: XLA's GPU autotuner runs candidate
         kernels on buffers of its own, one set per compilation in flight, and a cache that
