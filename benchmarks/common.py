@@ -17,6 +17,9 @@ import time
 from typing import Any
 
 # Bytes per element of the dtypes a benchmark may ask vLLM for (``--dtype``).
+# Measured device-to-device copy bandwidth of the H100 (DESIGN §5); MBUs divide by it unless
+# --copy-bandwidth gives the bandwidth of another device.
+H100_COPY_BANDWIDTH = 2.9e12
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
 
 
@@ -28,7 +31,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="vLLM's async scheduling (default: vLLM's default, on in 0.32)",
     )
-    p.add_argument("--copy-bandwidth", type=float, default=2.9e12, help="bytes/s (DESIGN §5)")
+    p.add_argument(
+        "--copy-bandwidth",
+        type=float,
+        default=H100_COPY_BANDWIDTH,
+        help="bytes/s of the device's copies, for the MBU (default: the H100's, DESIGN §5)",
+    )
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:

@@ -439,6 +439,10 @@ def print_report(r: dict) -> None:
             f"batch 1, {lat['input_len']}/{lat['output_len']}: {lat['ms_per_token']:.2f} ms per "
             f"output token, MBU {lat['mbu']:.2%} of {r['copy_bandwidth'] / 1e12:.2f} TB/s"
         )
+        device = s.get("device", "")
+        if r["copy_bandwidth"] == common.H100_COPY_BANDWIDTH and "H100" not in device:
+            where = device or "this device"
+            print(f"  (that is the H100's copy bandwidth: pass --copy-bandwidth for {where})")
     if lat and lat["ttft_ms"]:
         ttft = ", ".join(f"{n} tokens {ms:.1f} ms" for n, ms in lat["ttft_ms"].items())
         print(f"time to first token: {ttft}")
