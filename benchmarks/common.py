@@ -111,6 +111,9 @@ def worker_stats(worker: Any) -> dict:
         stats["token_wait_ms_per_output"] = token_wait_ms_per_step(
             {"token_wait_s": 0.0, "resolved_outputs": 0}, stats
         )
+        # From a step's tokens on the host to the launch of the step scheduled after them.
+        stats["launch_chain_s"] = runner.launch_chain_seconds
+        stats["launch_chains"] = runner.num_launch_chains
     else:
         try:
             import torch
@@ -136,6 +139,18 @@ def engine_stats(llm: Any) -> dict:
     except Exception as e:  # another vLLM's worker: the timings stand without these fields
         print(f"warning: no worker stats ({type(e).__name__}: {e})")
         return {}
+
+
+def launch_chain_ms(before: dict, after: dict) -> float | None:
+    """Mean host milliseconds, between two :func:`engine_stats` (XLA runner only), from a
+    step's tokens reaching the host to the launch of the next step scheduled after them. When
+    it exceeds the device's time per step D, a step takes about (chain + D) / 2."""
+    if "launch_chain_s" not in before or "launch_chain_s" not in after:
+        return None
+    chains = after["launch_chains"] - before["launch_chains"]
+    if chains <= 0:
+        return None
+    return (after["launch_chain_s"] - before["launch_chain_s"]) / chains * 1e3
 
 
 def token_wait_ms_per_step(before: dict, after: dict) -> float | None:

@@ -277,7 +277,9 @@ def measure_latency(llm, args: argparse.Namespace, config: dict, vocab: int, rng
 def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: int) -> dict:
     """One request of ``n_in`` prompt tokens: ms per output token over ``n_out`` tokens,
     prefill excluded (time(n_out tokens) - time(1 token)), and its MBU."""
+    before = common.engine_stats(llm)
     full = median_time(llm, rng, n_in, n_out, args.repeats, vocab)
+    chain_ms = common.launch_chain_ms(before, common.engine_stats(llm))
     first = median_time(llm, rng, n_in, 1, args.repeats, vocab)
     step_s = (full - first) / max(n_out - 1, 1)
     nbytes = common.dtype_bytes(args.dtype, config)
@@ -291,6 +293,7 @@ def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: in
         "ms_per_token": step_s * 1e3,
         "step_bytes": step_bytes,
         "mbu": common.mbu(step_bytes, step_s, args.copy_bandwidth),
+        "launch_chain_ms": chain_ms,
     }
 
 
@@ -439,6 +442,11 @@ def print_report(r: dict) -> None:
             f"batch 1, {lat['input_len']}/{lat['output_len']}: {lat['ms_per_token']:.2f} ms per "
             f"output token, MBU {lat['mbu']:.2%} of {r['copy_bandwidth'] / 1e12:.2f} TB/s"
         )
+        if lat.get("launch_chain_ms") is not None:
+            print(
+                f"  host chain from a step's tokens to the next launch: "
+                f"{lat['launch_chain_ms']:.2f} ms"
+            )
         device = s.get("device", "")
         if r["copy_bandwidth"] == common.H100_COPY_BANDWIDTH and "H100" not in device:
             where = device or "this device"

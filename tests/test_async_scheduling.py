@@ -45,6 +45,8 @@ def _runner_counters(worker) -> dict[str, int]:
         "launched": runner.launcher.num_launched,
         "v2_protocol": runner.vllm_config.use_v2_model_runner,
         "resumed_as_new": runner.num_resumed_as_new,
+        "launch_chains": runner.num_launch_chains,
+        "launch_chain_s": runner.launch_chain_seconds,
     }
 
 
@@ -110,6 +112,10 @@ def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
     assert default["async_scheduling"] and not sync["async_scheduling"]
     assert default["steps_with_device_tokens"] > 0
     assert default["early_resolves"] == 0  # greedy needs no token history: no host waits
+    # The launch chain (tokens on the host -> next launch) was timed, in milliseconds per step.
+    for counters in (default, direct, sync):
+        assert counters["launch_chains"] > 0
+        assert 0 < counters["launch_chain_s"] / counters["launch_chains"] < 0.5
     assert sync["steps_with_device_tokens"] == 0
     assert default["preemptions"] > 0
     assert any(o.num_cached_tokens >= 16 for o in async_out)

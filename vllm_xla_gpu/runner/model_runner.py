@@ -175,6 +175,14 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # device's step time means the host keeps up; near zero means the host is the limit.
         self.token_wait_seconds = 0.0
         self.num_resolved_outputs = 0
+        # Host seconds from a step's tokens reaching the host to the launch of the next step
+        # scheduled after them, over how many such steps. Under async scheduling vLLM schedules
+        # step N+2 only once step N's tokens are in, while N+1 runs: when this chain C is longer
+        # than the device's step D, a step takes about (C + D) / 2 (docs/performance.md, "Why
+        # batch 1 sits near 1.6 ms").
+        self.launch_chain_seconds = 0.0
+        self.num_launch_chains = 0
+        self._tokens_arrived_at: float | None = None
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -311,7 +319,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         num_tokens = pad_to_bucket(int(num_scheduled.sum()), self.token_buckets)
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
         prev_sampled = self._link_prev_sampled(inputs, req_ids, rows, num_scheduled)
-        model_out = self.launcher.submit(self._launch_model_step, prev_sampled, *pack(inputs))
+        arrived, self._tokens_arrived_at = self._tokens_arrived_at, None
+        model_out = self.launcher.submit(
+            self._launch_model_step, arrived, prev_sampled, *pack(inputs)
+        )
         self._pending = _PendingStep(req_ids, rows, num_scheduled, model_out)
         return None
 
@@ -407,6 +418,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         meanwhile are gone; a row given back gets the ids from ``output_token_ids``)."""
         self.token_wait_seconds += output.wait_seconds
         self.num_resolved_outputs += 1
+        self._tokens_arrived_at = time.perf_counter()
         with_history = self.batch.token_ids.shape[1]
         for p in placeholders:
             state = self.requests.get(p.req_id)
@@ -460,14 +472,24 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
     # ---- launches (on the launch thread when there is one: runner/launch.py) -------------
 
     def _launch_model_step(
-        self, prev_sampled: jax.Array, words: np.ndarray, big: list, packing: Packing
+        self,
+        tokens_arrived_at: float | None,
+        prev_sampled: jax.Array,
+        words: np.ndarray,
+        big: list,
+        packing: Packing,
     ) -> ModelStepOutput:
         """The model step on the current KV caches and logits buffer, which it replaces
-        (donated). Only launches touch them while serving, in order."""
+        (donated). Only launches touch them while serving, in order. ``tokens_arrived_at``:
+        when the tokens this step was scheduled after reached the host (``perf_counter``), if
+        any arrived since the last launch; the launch chain counts from there."""
         self.kv_caches, out = self._model_step(
             self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big, packing
         )
         self.logits_buffer = out.logits
+        if tokens_arrived_at is not None:  # jit returns once XLA has launched the program
+            self.launch_chain_seconds += time.perf_counter() - tokens_arrived_at
+            self.num_launch_chains += 1
         return out
 
     def _launch_sampler(
