@@ -16,10 +16,10 @@ import sys
 import time
 from typing import Any
 
-# Bytes per element of the dtypes a benchmark may ask vLLM for (``--dtype``).
 # Measured device-to-device copy bandwidth of the H100 (DESIGN §5); MBUs divide by it unless
 # --copy-bandwidth gives the bandwidth of another device.
 H100_COPY_BANDWIDTH = 2.9e12
+# Bytes per element of the dtypes a benchmark may ask vLLM for (``--dtype``).
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
 
 
