@@ -135,6 +135,9 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.vllm_config = vllm_config
         self.config = config
         self.device = device
+        # Where every array lives; jit keys its cache on arrays' shardings, so the shapes that
+        # programs are lowered against carry it too.
+        self.sharding = jax.sharding.SingleDeviceSharding(device)
         self.max_num_reqs = config.max_num_seqs
         self.token_buckets = power_of_two_buckets(
             config.min_token_bucket, config.max_num_batched_tokens
@@ -206,9 +209,15 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # model (host time per call grows with the arrays handed over).
         model_config = self.vllm_config.model_config
         hidden = jax.ShapeDtypeStruct(
-            (1, model_config.get_hidden_size()), t2j_dtype(model_config.dtype)
+            (self.max_num_reqs, model_config.get_hidden_size()), t2j_dtype(model_config.dtype)
         )
         self.logits_params = params_read_by(self._compute_logits, self.params, hidden)
+        # The model step writes each request's logits into this buffer: only its shape until
+        # ``allocate_kv_caches`` (the KV budget and every program are sized against it first).
+        logits = jax.eval_shape(self._logits, self.logits_params, hidden)
+        self.logits_buffer = jax.ShapeDtypeStruct(
+            logits.shape, logits.dtype, sharding=self.sharding
+        )
         self.load_seconds = time.perf_counter() - start
         logger.info("Model loaded onto %s in %.1f s", self.device, self.load_seconds)
 
@@ -231,13 +240,11 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         num_blocks = kv_cache_config.num_blocks
         # Only their shapes until ``precompile`` has compiled every program against them
         # (``allocate_kv_caches``).
-        sharding = jax.sharding.SingleDeviceSharding(self.device)
         shape, dtype = _kv_cache_shape(spec, num_blocks), t2j_dtype(spec.dtype)
         self.kv_caches = {
-            name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+            name: jax.ShapeDtypeStruct(shape, dtype, sharding=self.sharding)
             for name in group.layer_names
         }
-        self.logits_buffer = self._logits_buffer_shape()
         self.kv_cache_block_bytes = spec.page_size_bytes
         self.max_blocks_per_req = cdiv(self.config.max_model_len, self.block_size)
         self.batch = InputBatch(
@@ -260,16 +267,6 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.kv_caches = {name: zeros() for name in self.kv_caches}
         self.logits_buffer = _zeros_fn(self.logits_buffer)()
 
-    def _logits_buffer_shape(self) -> jax.ShapeDtypeStruct:
-        """``[max_num_seqs, vocab]`` in the dtype of the model's logits, on the device."""
-        model_config = self.vllm_config.model_config
-        hidden = jax.ShapeDtypeStruct(
-            (self.max_num_reqs, model_config.get_hidden_size()), t2j_dtype(model_config.dtype)
-        )
-        logits = jax.eval_shape(self._logits, self.logits_params, hidden)
-        sharding = jax.sharding.SingleDeviceSharding(self.device)
-        return jax.ShapeDtypeStruct(logits.shape, logits.dtype, sharding=sharding)
-
     def step_scratch_bytes(self) -> int:
         """Device memory the largest steps need besides weights and KV cache.
 
@@ -283,7 +280,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         start = time.perf_counter()
         specs = self.get_kv_cache_spec()
         spec = next(iter(specs.values()))
-        sharding = jax.sharding.SingleDeviceSharding(self.device)
+        sharding = self.sharding
         kv = {
             name: jax.ShapeDtypeStruct(_kv_cache_shape(s, 1), t2j_dtype(s.dtype), sharding=sharding)
             for name, s in specs.items()
@@ -291,7 +288,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         max_blocks = cdiv(self.config.max_model_len, spec.block_size)
         inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
         prev = jax.ShapeDtypeStruct((self.max_num_reqs,), jnp.int32, sharding=sharding)
-        logits = self._logits_buffer_shape()
+        logits = self.logits_buffer  # its shape, before allocate_kv_caches
         model_step = self._model_step.lower(self.params, kv, logits, prev, *pack(inputs))
         md = idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(logits, *pack(md))

@@ -177,9 +177,8 @@ class PrecompileMixin:
     def _committed_shapes(self, out_info: Any) -> Any:
         """Output shapes as the arrays the runs will hand over: committed to the device (jit
         keys its cache on that, and a lowering's ``out_info`` does not say so)."""
-        sharding = jax.sharding.SingleDeviceSharding(self.device)
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), out_info
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.sharding), out_info
         )
 
     def _sampler_calls(self, model_outputs: list) -> list[WarmUpCall]:
