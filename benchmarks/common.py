@@ -114,6 +114,7 @@ def worker_stats(worker: Any) -> dict:
         # From a step's tokens on the host to the launch of the step scheduled after them.
         stats["launch_chain_s"] = runner.launch_chain_seconds
         stats["launch_chains"] = runner.num_launch_chains
+        stats["launch_chain_split_s"] = dict(runner.launch_chain_split_seconds)
     else:
         try:
             import torch
@@ -151,6 +152,16 @@ def launch_chain_ms(before: dict, after: dict) -> float | None:
     if chains <= 0:
         return None
     return (after["launch_chain_s"] - before["launch_chain_s"]) / chains * 1e3
+
+
+def launch_chain_split_ms(before: dict, after: dict) -> dict[str, float] | None:
+    """:func:`launch_chain_ms` in its links: vLLM's engine (output, update, schedule), the
+    runner's input preparation, and the jitted call up to its return (mean ms each)."""
+    if launch_chain_ms(before, after) is None or "launch_chain_split_s" not in after:
+        return None
+    chains = after["launch_chains"] - before["launch_chains"]
+    split_before, split_after = before["launch_chain_split_s"], after["launch_chain_split_s"]
+    return {k: (split_after[k] - split_before[k]) / chains * 1e3 for k in split_after}
 
 
 def token_wait_ms_per_step(before: dict, after: dict) -> float | None:

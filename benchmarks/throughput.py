@@ -279,7 +279,8 @@ def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: in
     prefill excluded (time(n_out tokens) - time(1 token)), and its MBU."""
     before = common.engine_stats(llm)
     full = median_time(llm, rng, n_in, n_out, args.repeats, vocab)
-    chain_ms = common.launch_chain_ms(before, common.engine_stats(llm))
+    after = common.engine_stats(llm)
+    chain_ms = common.launch_chain_ms(before, after)
     first = median_time(llm, rng, n_in, 1, args.repeats, vocab)
     step_s = (full - first) / max(n_out - 1, 1)
     nbytes = common.dtype_bytes(args.dtype, config)
@@ -294,6 +295,7 @@ def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: in
         "step_bytes": step_bytes,
         "mbu": common.mbu(step_bytes, step_s, args.copy_bandwidth),
         "launch_chain_ms": chain_ms,
+        "launch_chain_split_ms": common.launch_chain_split_ms(before, after),
     }
 
 
@@ -447,6 +449,9 @@ def print_report(r: dict) -> None:
                 f"  host chain from a step's tokens to the next launch: "
                 f"{lat['launch_chain_ms']:.2f} ms"
             )
+            if lat.get("launch_chain_split_ms"):
+                links = ", ".join(f"{k} {v:.2f}" for k, v in lat["launch_chain_split_ms"].items())
+                print(f"    of which (ms): {links}")
         device = s.get("device", "")
         if r["copy_bandwidth"] == common.H100_COPY_BANDWIDTH and "H100" not in device:
             where = device or "this device"

@@ -47,6 +47,7 @@ def _runner_counters(worker) -> dict[str, int]:
         "resumed_as_new": runner.num_resumed_as_new,
         "launch_chains": runner.num_launch_chains,
         "launch_chain_s": runner.launch_chain_seconds,
+        "launch_chain_split_s": dict(runner.launch_chain_split_seconds),
     }
 
 
@@ -116,6 +117,10 @@ def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
     for counters in (default, direct, sync):
         assert counters["launch_chains"] > 0
         assert 0 < counters["launch_chain_s"] / counters["launch_chains"] < 0.5
+        # Its three links (engine, runner, launch) follow one another: each is a part of it.
+        links = counters["launch_chain_split_s"]
+        assert min(links.values()) >= 0
+        assert sum(links.values()) == pytest.approx(counters["launch_chain_s"], rel=1e-6)
     assert sync["steps_with_device_tokens"] == 0
     assert default["preemptions"] > 0
     assert any(o.num_cached_tokens >= 16 for o in async_out)

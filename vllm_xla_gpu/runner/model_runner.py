@@ -185,6 +185,9 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # batch 1 sits near 1.6 ms").
         self.launch_chain_seconds = 0.0
         self.num_launch_chains = 0
+        # The same chain in three links: vLLM's engine (collecting the output, updating and
+        # scheduling), the runner's input preparation, and the jitted call up to its return.
+        self.launch_chain_split_seconds = {"engine": 0.0, "runner": 0.0, "launch": 0.0}
         self._tokens_arrived_at: float | None = None
 
     # ---- start-up -------------------------------------------------------------------------
@@ -305,6 +308,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput | None:
         """Run the model on the scheduled tokens; keep its logits for sampling."""
+        entered_at = time.perf_counter()
         self._update_states(scheduler_output)
         if scheduler_output.total_num_scheduled_tokens == 0:
             return EMPTY_MODEL_RUNNER_OUTPUT
@@ -317,8 +321,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
         prev_sampled = self._link_prev_sampled(inputs, req_ids, rows, num_scheduled)
         arrived, self._tokens_arrived_at = self._tokens_arrived_at, None
+        words, big, packing = pack(inputs)
+        chain = None if arrived is None else (arrived, entered_at, time.perf_counter())
         model_out = self.launcher.submit(
-            self._launch_model_step, arrived, prev_sampled, *pack(inputs)
+            self._launch_model_step, chain, prev_sampled, words, big, packing
         )
         self._pending = _PendingStep(req_ids, rows, num_scheduled, model_out)
         return None
@@ -470,24 +476,34 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
 
     def _launch_model_step(
         self,
-        tokens_arrived_at: float | None,
+        chain: tuple[float, float, float] | None,
         prev_sampled: jax.Array,
         words: np.ndarray,
         big: list,
         packing: Packing,
     ) -> ModelStepOutput:
         """The model step on the current KV caches and logits buffer, which it replaces
-        (donated). Only launches touch them while serving, in order. ``tokens_arrived_at``:
-        when the tokens this step was scheduled after reached the host (``perf_counter``), if
-        any arrived since the last launch; the launch chain counts from there."""
+        (donated). Only launches touch them while serving, in order. ``chain``: when the
+        tokens this step was scheduled after reached the host, when ``execute_model`` was
+        entered and when the launch was submitted (``perf_counter``), if tokens arrived since
+        the last launch; the launch chain counts from the first."""
         self.kv_caches, out = self._model_step(
             self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big, packing
         )
         self.logits_buffer = out.logits
-        if tokens_arrived_at is not None:  # jit returns once XLA has launched the program
-            self.launch_chain_seconds += time.perf_counter() - tokens_arrived_at
-            self.num_launch_chains += 1
+        if chain is not None:  # jit returns once XLA has launched the program
+            self._count_launch_chain(*chain, time.perf_counter())
         return out
+
+    def _count_launch_chain(
+        self, arrived: float, entered: float, submitted: float, launched: float
+    ) -> None:
+        split = self.launch_chain_split_seconds
+        split["engine"] += entered - arrived
+        split["runner"] += submitted - entered
+        split["launch"] += launched - submitted
+        self.launch_chain_seconds += launched - arrived
+        self.num_launch_chains += 1
 
     def _launch_sampler(
         self,
