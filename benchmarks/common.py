@@ -156,7 +156,8 @@ def launch_chain_ms(before: dict, after: dict) -> float | None:
 
 def launch_chain_split_ms(before: dict, after: dict) -> dict[str, float] | None:
     """:func:`launch_chain_ms` in its links: vLLM's engine (output, update, schedule), the
-    runner's input preparation, and the jitted call up to its return (mean ms each)."""
+    runner's input preparation, the handoff to the launch thread, and the jitted call up to
+    its return (mean ms each)."""
     if launch_chain_ms(before, after) is None or "launch_chain_split_s" not in after:
         return None
     chains = after["launch_chains"] - before["launch_chains"]

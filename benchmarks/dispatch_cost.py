@@ -15,6 +15,16 @@ side of a call with the device idle, adding one ingredient of a runner step at a
   update XLA makes when an address changed (each call's output is freed before the next, so
   the allocator can hand the next one the same address).
 
+Then the ``+ K kernels`` call with the device busy, as in serving, where the host launches step
+N+1 while step N still runs:
+
+* ``after a long program``: issued right after a program of about ``--busy-ms`` of device work
+  that shares no buffer with it;
+* ``back to back``: issued right after the same call, whose output cache it takes (donated).
+
+If XLA's runtime waited for the device anywhere in a call, these would take about the busy
+time longer than ``+ K kernels``.
+
 ``XLA_FLAGS`` reaches XLA as usual, so a flag's effect (``--xla_gpu_command_buffer_update_mode``,
 say) is one more run of this script with it set.
 
@@ -40,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=int, default=128, help="device arrays besides the input")
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--busy-ms", type=float, default=5.0, help="device time of the long program")
     p.add_argument("--json")
     return p.parse_args()
 
@@ -58,6 +69,37 @@ def host_ms(fn, make_args, calls: int) -> float:
         # the same input, then, no buffer of the graph moves and XLA has nothing to update).
         del out
     return statistics.median(times)
+
+
+def host_ms_busy(fn, make_args, before, calls: int) -> float:
+    """Median host time of ``fn(*make_args())`` issued right after ``before()`` (not timed),
+    which leaves the device busy."""
+    jax.block_until_ready(fn(*make_args()))
+    times = []
+    for _ in range(calls):
+        first = before()
+        args = make_args()
+        start = time.perf_counter()
+        out = fn(*args)
+        times.append((time.perf_counter() - start) * 1e3)
+        jax.block_until_ready(out)  # one stream: ``first`` is done too (its cache may be donated)
+        del first, out
+    return statistics.median(times)
+
+
+def long_program(busy_ms: float):
+    """A jitted function of no arguments that keeps the device busy about ``busy_ms``
+    (bf16 4096-square matmuls, about 0.14 ms each on an H100)."""
+    a = jnp.full((4096, 4096), 0.01, jnp.bfloat16)
+    n = max(1, round(busy_ms / 0.14))
+
+    def body(x):
+        for _ in range(n):
+            x = jnp.tanh(x @ a)
+        return x
+
+    fn = jax.jit(body)
+    return lambda: fn(a)
 
 
 def cases(num_weights: int) -> dict:
@@ -118,8 +160,22 @@ def main() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     print(f"dispatch cost on {device.device_kind}, jax {jax.__version__}, XLA_FLAGS={flags!r}")
     rows = {}
-    for name, (fn, make_args) in cases(args.weights).items():
+    all_cases = cases(args.weights)
+    for name, (fn, make_args) in all_cases.items():
         rows[name] = host_ms(fn, make_args, args.calls)
+        print(f"{name:>22} {rows[name]:8.3f} ms host per call")
+    fn, make_args = all_cases[f"+ {4 * args.weights} kernels"]
+    busy = long_program(args.busy_ms)
+    jax.block_until_ready(busy())  # compiles it
+    start = time.perf_counter()
+    jax.block_until_ready(busy())
+    rows["long program, launch to result"] = (time.perf_counter() - start) * 1e3
+    print(f"(the long program: {rows['long program, launch to result']:.2f} ms, launch to result)")
+    for name, before in (
+        ("after a long program", busy),
+        ("back to back", lambda: fn(*make_args())),
+    ):
+        rows[name] = host_ms_busy(fn, make_args, before, args.calls)
         print(f"{name:>22} {rows[name]:8.3f} ms host per call")
     if args.json:
         with open(args.json, "w") as f:

@@ -117,7 +117,7 @@ def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
     for counters in (default, direct, sync):
         assert counters["launch_chains"] > 0
         assert 0 < counters["launch_chain_s"] / counters["launch_chains"] < 0.5
-        # Its three links (engine, runner, launch) follow one another: each is a part of it.
+        # Its links (engine, runner, handoff, call) follow one another: each is a part of it.
         links = counters["launch_chain_split_s"]
         assert min(links.values()) >= 0
         assert sum(links.values()) == pytest.approx(counters["launch_chain_s"], rel=1e-6)

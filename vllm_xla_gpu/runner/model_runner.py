@@ -185,9 +185,15 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # batch 1 sits near 1.6 ms").
         self.launch_chain_seconds = 0.0
         self.num_launch_chains = 0
-        # The same chain in three links: vLLM's engine (collecting the output, updating and
-        # scheduling), the runner's input preparation, and the jitted call up to its return.
-        self.launch_chain_split_seconds = {"engine": 0.0, "runner": 0.0, "launch": 0.0}
+        # The same chain in four links: vLLM's engine (collecting the output, updating and
+        # scheduling), the runner's input preparation, the handoff to the launch thread (until
+        # it starts the call), and the jitted call up to its return.
+        self.launch_chain_split_seconds = {
+            "engine": 0.0,
+            "runner": 0.0,
+            "handoff": 0.0,
+            "call": 0.0,
+        }
         self._tokens_arrived_at: float | None = None
 
     # ---- start-up -------------------------------------------------------------------------
@@ -487,21 +493,23 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         tokens this step was scheduled after reached the host, when ``execute_model`` was
         entered and when the launch was submitted (``perf_counter``), if tokens arrived since
         the last launch; the launch chain counts from the first."""
+        called = time.perf_counter()
         self.kv_caches, out = self._model_step(
             self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big, packing
         )
         self.logits_buffer = out.logits
         if chain is not None:  # jit returns once XLA has launched the program
-            self._count_launch_chain(*chain, time.perf_counter())
+            self._count_launch_chain(*chain, called, time.perf_counter())
         return out
 
     def _count_launch_chain(
-        self, arrived: float, entered: float, submitted: float, launched: float
+        self, arrived: float, entered: float, submitted: float, called: float, launched: float
     ) -> None:
         split = self.launch_chain_split_seconds
         split["engine"] += entered - arrived
         split["runner"] += submitted - entered
-        split["launch"] += launched - submitted
+        split["handoff"] += called - submitted
+        split["call"] += launched - called
         self.launch_chain_seconds += launched - arrived
         self.num_launch_chains += 1
 
