@@ -20,7 +20,10 @@ N+1 while step N still runs:
 
 * ``after a long program``: issued right after a program of about ``--busy-ms`` of device work
   that shares no buffer with it;
-* ``back to back``: issued right after the same call, whose output cache it takes (donated).
+* ``back to back``: issued right after the same call, whose output cache it takes (donated);
+* ``back to back, two copies``: the same, with the two calls made by two loaded copies of the
+  program (``runner/precompile.py``, ``loaded_copies``), so the second does not update and
+  launch the CUDA graph that is still running.
 
 If XLA's runtime waited for the device anywhere in a call, these would take about the busy
 time longer than ``+ K kernels``.
@@ -43,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vllm_xla_gpu.runner.precompile import loaded_copies
 from vllm_xla_gpu.worker import _add_default_xla_flags
 
 
@@ -103,7 +107,8 @@ def long_program(busy_ms: float):
 
 
 def cases(num_weights: int) -> dict:
-    """Each case: (jitted function, a function making its arguments)."""
+    """Each case: (jitted function, a function making its arguments); under ``two copies``,
+    the kernels program's two loaded copies instead of one function."""
     rng = np.random.default_rng(0)
     x = jnp.ones((64, 64), jnp.float32)
     weights = [
@@ -137,7 +142,14 @@ def cases(num_weights: int) -> dict:
 
     donate = {"donate_argnums": (3,)}
     f_cache, f_kernels = jax.jit(with_cache, **donate), jax.jit(kernels, **donate)
+    kernel_args = (x, words(), weights, cache[0])
+    # The kernels program loaded twice, as the runner loads its model steps (not timed alone).
+    # (XLA:CPU's executables do not round-trip: there, both are the one program.)
+    n = 2 if jax.devices()[0].platform == "gpu" else 1
+    copies = loaded_copies(f_kernels.lower(*kernel_args).compile(), n, jax.devices()[0]) * (3 - n)
+    two_copies = [lambda *a, c=c: keep(c(*a)) for c in copies]
     return {
+        "two copies": (two_copies, lambda: (x, words(), weights, cache[0])),
         "1 device arg": (jax.jit(lambda x: x + 1), lambda: (x,)),
         "+ numpy arg": (jax.jit(small), lambda: (x, words())),
         f"+ {num_weights} weights": (jax.jit(with_weights), lambda: (x, words(), weights)),
@@ -161,6 +173,7 @@ def main() -> None:
     print(f"dispatch cost on {device.device_kind}, jax {jax.__version__}, XLA_FLAGS={flags!r}")
     rows = {}
     all_cases = cases(args.weights)
+    copies, copies_args = all_cases.pop("two copies")
     for name, (fn, make_args) in all_cases.items():
         rows[name] = host_ms(fn, make_args, args.calls)
         print(f"{name:>22} {rows[name]:8.3f} ms host per call")
@@ -177,6 +190,11 @@ def main() -> None:
     ):
         rows[name] = host_ms_busy(fn, make_args, before, args.calls)
         print(f"{name:>22} {rows[name]:8.3f} ms host per call")
+    first, second = copies
+    rows["back to back, two copies"] = host_ms_busy(
+        second, copies_args, lambda: first(*copies_args()), args.calls
+    )
+    print(f"back to back, two copies {rows['back to back, two copies']:8.3f} ms host per call")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

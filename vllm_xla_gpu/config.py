@@ -26,6 +26,9 @@ Environment variables (all optional):
                                     launch thread, so vLLM's Python overlaps XLA's launch, and the
                                     process takes a 0.1 ms GIL switch interval; ``0``: each call
                                     runs when the runner makes it (``runner/launch.py``).
+``VLLM_XLA_GPU_MODEL_STEP_COPIES``  loaded copies of each token bucket's model step, used in turn
+                                    (default 2: a copy's CUDA graph is not the one still running;
+                                    ``runner/precompile.py``, ``model_step_copies``); ``1``: one.
 ``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
                                     ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -93,6 +96,8 @@ class XlaGpuConfig:
             (``runner.transfer.stage``).
         launch_thread: the runner starts its compiled steps from a launch thread
             (``runner/launch.py``).
+        model_step_copies: loaded copies of each token bucket's model step, used in turn
+            (``runner.precompile.model_step_copies``).
     """
 
     attention_impl: str
@@ -106,6 +111,7 @@ class XlaGpuConfig:
     max_model_len: int
     stage_inputs: bool
     launch_thread: bool
+    model_step_copies: int
 
     @classmethod
     def from_vllm_config(cls, vllm_config: VllmConfig) -> XlaGpuConfig:
@@ -125,4 +131,5 @@ class XlaGpuConfig:
             max_model_len=vllm_config.model_config.max_model_len,
             stage_inputs=_env("STAGE_INPUTS", "1") != "0",
             launch_thread=_env("LAUNCH_THREAD", "1") != "0",
+            model_step_copies=max(1, int(_env("MODEL_STEP_COPIES", "2"))),
         )

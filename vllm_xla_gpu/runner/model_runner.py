@@ -153,6 +153,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.compile_guard = CompileGuard()
         # Inputs arrive packed (runner/transfer.py); their layout is the static last argument.
         self._model_step = jax.jit(self._model_step_fn, donate_argnums=(1, 2), static_argnums=(6,))
+        # Each token bucket's model step, loaded ``model_step_copies`` times, keyed by its
+        # static input layout; launches take the copies in turn (runner/precompile.py).
+        self._model_step_programs: dict[Packing, list] = {}
+        self._num_model_step_calls = 0
         self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(3,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         # Every serving call of the jitted steps goes through here, in order (runner/launch.py).
@@ -494,12 +498,25 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         entered and when the launch was submitted (``perf_counter``), if tokens arrived since
         the last launch; the launch chain counts from the first."""
         called = time.perf_counter()
-        self.kv_caches, out = self._model_step(
-            self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big, packing
-        )
-        self.logits_buffer = out.logits
+        out = self._call_model_step(prev_sampled, words, big, packing)
         if chain is not None:  # jit returns once XLA has launched the program
             self._count_launch_chain(*chain, called, time.perf_counter())
+        return out
+
+    def _call_model_step(
+        self, prev_sampled: jax.Array, words: np.ndarray, big: list, packing: Packing
+    ) -> ModelStepOutput:
+        """One model step through the next loaded copy of its bucket's program (the jitted
+        function itself without precompilation), on the current KV caches and logits buffer,
+        which it donates and replaces."""
+        args = (self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big)
+        copies = self._model_step_programs.get(packing)
+        if copies:
+            self.kv_caches, out = copies[self._num_model_step_calls % len(copies)](*args)
+        else:
+            self.kv_caches, out = self._model_step(*args, packing)
+        self._num_model_step_calls += 1
+        self.logits_buffer = out.logits
         return out
 
     def _count_launch_chain(

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental.serialize_executable import deserialize_and_load, serialize
 from tqdm import tqdm
 from vllm.logger import init_logger
 
@@ -77,6 +78,28 @@ def compile_lowered(lowered: Sequence, threads: int, on_compiled: Callable[[], N
             on_compiled()
 
 
+def loaded_copies(compiled: Any, n: int, device: jax.Device) -> list:
+    """``compiled`` and ``n - 1`` more loaded copies of it on ``device`` (each a
+    ``jax.stages.Compiled``).
+
+    XLA runs a GPU program as a CUDA graph that belongs to its loaded executable. vLLM's engine
+    keeps two steps in flight, so step N+1 is launched while step N still runs, and with one
+    executable per bucket the launch updates and relaunches the very graph that is running.
+    A copy is the same binary loaded again (serialized and deserialized, as JAX's persistent
+    cache does: nothing compiles), with a graph of its own; the runner takes the copies in
+    turn, so a launch finds its graph idle (its last run was two steps back). Where the
+    executable cannot be serialized the one copy is used alone."""
+    copies = [compiled]
+    for _ in range(n - 1):
+        try:
+            payload, in_tree, out_tree = serialize(compiled)
+        except (ValueError, NotImplementedError) as e:
+            logger.warning("model step not copied (%s): one executable per bucket", e)
+            break
+        copies.append(deserialize_and_load(payload, in_tree, out_tree, device.client, [device]))
+    return copies
+
+
 class PrecompileMixin:
     """Start-up compilation of ``XlaGpuModelRunner`` (see the module docstring)."""
 
@@ -107,6 +130,12 @@ class PrecompileMixin:
                 lowered += lower_ahead(self._sampler_calls(outputs))
                 lowered_at = time.perf_counter()
                 compile_lowered(lowered, self.compile_threads(), bar.update)
+                # XLA:CPU runs no CUDA graphs (and its executables do not round-trip).
+                copies = self.config.model_step_copies if self.device.platform == "gpu" else 1
+                self._model_step_programs = {
+                    call.args[-1]: loaded_copies(program.compile(), copies, self.device)
+                    for call, program in zip(model_calls, lowered, strict=False)
+                }
                 del lowered
                 split["lower"] = lowered_at - start
                 split["compile"] = time.perf_counter() - lowered_at
@@ -151,15 +180,15 @@ class PrecompileMixin:
         (and add the seconds to ``split["warm_up_runs"]``).
 
         The model steps donate the KV caches and the logits buffer, so each takes those the
-        previous returned; their results are the ``ModelStepOutput`` parts."""
+        previous returned; their results are the ``ModelStepOutput`` parts. Each loaded copy
+        of a model step runs once (its first run records its CUDA graph)."""
         start = time.perf_counter()
         before = CompileCounter.compiles
         outputs = []
         for call in calls:
             if call.fn is self._model_step:
-                call.args = (call.args[0], self.kv_caches, self.logits_buffer, *call.args[3:])
-                self.kv_caches, out = call.run()
-                self.logits_buffer = out.logits
+                for _ in self._model_step_programs.get(call.args[-1], [None]):
+                    out = self._call_model_step(*call.args[3:])
             else:
                 out = call.run()
             outputs.append(jax.block_until_ready(out))
