@@ -197,7 +197,22 @@ def start_engine(args: argparse.Namespace, model_dir: str):
         seed=args.seed,
         **common.engine_kwargs(args),
     )
-    return llm, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    backend = getattr(args, "backend", "xla")  # profile_step.py profiles this backend only
+    if backend == "xla" and "compiles_since_warmup" not in common.engine_stats(llm):
+        # Another vLLM on the path (a baseline's, say) starts its own backend without this
+        # plugin: its numbers must not be written down as this backend's.
+        sys.exit(
+            f"--backend xla, but vLLM {vllm_version()} started without this backend's runner: "
+            "is vllm_xla_gpu installed for this vLLM?"
+        )
+    return llm, elapsed
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
 
 
 def measure_restart(args: argparse.Namespace) -> dict:
