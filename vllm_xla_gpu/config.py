@@ -26,9 +26,10 @@ Environment variables (all optional):
                                     launch thread, so vLLM's Python overlaps XLA's launch, and the
                                     process takes a 0.1 ms GIL switch interval; ``0``: each call
                                     runs when the runner makes it (``runner/launch.py``).
-``VLLM_XLA_GPU_MODEL_STEP_COPIES``  loaded copies of each token bucket's model step, used in turn
-                                    (default 2: a copy's CUDA graph is not the one still running;
-                                    ``runner/precompile.py``, ``model_step_copies``); ``1``: one.
+``VLLM_XLA_GPU_MODEL_STEP_COPIES``  loaded copies of each token bucket's model step on a GPU,
+                                    launched in turn, so a launch does not update the CUDA graph
+                                    still running (``runner/precompile.py``, ``loaded_copies``);
+                                    default 1 (2 measured no faster in serving, 2026-11-28).
 ``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
                                     ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -96,8 +97,8 @@ class XlaGpuConfig:
             (``runner.transfer.stage``).
         launch_thread: the runner starts its compiled steps from a launch thread
             (``runner/launch.py``).
-        model_step_copies: loaded copies of each token bucket's model step, used in turn
-            (``runner.precompile.model_step_copies``).
+        model_step_copies: loaded copies of each token bucket's model step, launched in
+            turn on a GPU (``runner.precompile.loaded_copies``).
     """
 
     attention_impl: str
@@ -131,5 +132,5 @@ class XlaGpuConfig:
             max_model_len=vllm_config.model_config.max_model_len,
             stage_inputs=_env("STAGE_INPUTS", "1") != "0",
             launch_thread=_env("LAUNCH_THREAD", "1") != "0",
-            model_step_copies=max(1, int(_env("MODEL_STEP_COPIES", "2"))),
+            model_step_copies=max(1, int(_env("MODEL_STEP_COPIES", "1"))),
         )
