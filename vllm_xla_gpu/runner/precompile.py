@@ -135,7 +135,8 @@ class PrecompileMixin:
                 lowered += lower_ahead(self._sampler_calls(outputs))
                 lowered_at = time.perf_counter()
                 compile_lowered(lowered, self.compile_threads(), bar.update)
-                # XLA:CPU runs no CUDA graphs (and its executables do not round-trip).
+                # XLA:CPU runs no CUDA graphs (and its executables do not round-trip). The
+                # model steps are the first ``len(model_calls)`` lowered programs.
                 copies = self.config.model_step_copies if self.device.platform == "gpu" else 1
                 self._model_step_programs = {
                     call.args[-1]: loaded_copies(program.compile(), copies, self.device)
