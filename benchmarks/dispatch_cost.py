@@ -142,22 +142,24 @@ def cases(num_weights: int) -> dict:
 
     donate = {"donate_argnums": (3,)}
     f_cache, f_kernels = jax.jit(with_cache, **donate), jax.jit(kernels, **donate)
-    kernel_args = (x, words(), weights, cache[0])
+
+    def kernel_args():
+        return x, words(), weights, cache[0]
+
     # The kernels program loaded twice, as the runner loads its model steps (not timed alone).
-    # (XLA:CPU's executables do not round-trip: there, both are the one program.)
-    n = 2 if jax.devices()[0].platform == "gpu" else 1
-    copies = loaded_copies(f_kernels.lower(*kernel_args).compile(), n, jax.devices()[0]) * (3 - n)
-    two_copies = [lambda *a, c=c: keep(c(*a)) for c in copies]
+    # XLA:CPU's executables do not round-trip: there both calls take the one program.
+    device = jax.devices()[0]
+    compiled = f_kernels.lower(*kernel_args()).compile()
+    copies = loaded_copies(compiled, 2 if device.platform == "gpu" else 1, device)
+    first, second = copies[0], copies[-1]
+    two_copies = [lambda *a: keep(first(*a)), lambda *a: keep(second(*a))]
     return {
-        "two copies": (two_copies, lambda: (x, words(), weights, cache[0])),
+        "two copies": (two_copies, kernel_args),
         "1 device arg": (jax.jit(lambda x: x + 1), lambda: (x,)),
         "+ numpy arg": (jax.jit(small), lambda: (x, words())),
         f"+ {num_weights} weights": (jax.jit(with_weights), lambda: (x, words(), weights)),
         "+ donated cache": (lambda *a: keep(f_cache(*a)), lambda: (x, words(), weights, cache[0])),
-        f"+ {4 * num_weights} kernels": (
-            lambda *a: keep(f_kernels(*a)),
-            lambda: (x, words(), weights, cache[0]),
-        ),
+        f"+ {4 * num_weights} kernels": (lambda *a: keep(f_kernels(*a)), kernel_args),
         f"{4 * num_weights} kernels, same input": (
             lambda *a: keep(f_kernels(*a)),
             lambda: (x, fixed_words, weights, cache[0]),

@@ -203,16 +203,11 @@ def start_engine(args: argparse.Namespace, model_dir: str):
         # Another vLLM on the path (a baseline's, say) starts its own backend without this
         # plugin: its numbers must not be written down as this backend's.
         sys.exit(
-            f"--backend xla, but vLLM {vllm_version()} started without this backend's runner: "
+            f"--backend xla, but vLLM {common.versions().get('vllm')} started without this "
+            "backend's runner: "
             "is vllm_xla_gpu installed for this vLLM?"
         )
     return llm, elapsed
-
-
-def vllm_version() -> str:
-    import vllm
-
-    return vllm.__version__
 
 
 def measure_restart(args: argparse.Namespace) -> dict:

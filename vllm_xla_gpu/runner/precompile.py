@@ -193,7 +193,7 @@ class PrecompileMixin:
         outputs = []
         for call in calls:
             if call.fn is self._model_step:
-                for _ in self._model_step_programs.get(call.args[-1], [None]):
+                for _ in self._model_step_programs[call.args[-1]]:
                     out = self._call_model_step(*call.args[3:])
             else:
                 out = call.run()
