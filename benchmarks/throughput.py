@@ -44,6 +44,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
+import engine_loop  # noqa: E402
 from architectures import (  # noqa: E402
     ARCHITECTURES,
     kv_bytes_per_token,
@@ -237,9 +238,10 @@ def measure_throughput(llm, workload: Workload, num_prompts: int, vocab: int, rn
     """One ``LLM.generate`` of ``num_prompts`` random prompts, after a short warm-up."""
     common.timed_generate(llm, common.random_prompts(rng, 4, workload.input_len, vocab), 4)
     prompts = common.random_prompts(rng, num_prompts, workload.input_len, vocab)
-    before = common.engine_stats(llm)
+    before, loop_before = common.engine_stats(llm), engine_loop.read(llm)
     elapsed, outputs = common.timed_generate(llm, prompts, workload.output_len)
     wait_ms = common.token_wait_ms_per_step(before, common.engine_stats(llm))
+    loop_ms = engine_loop.ms_per_step(loop_before, engine_loop.read(llm))
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
     output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     if output_tokens != num_prompts * workload.output_len:
@@ -254,6 +256,7 @@ def measure_throughput(llm, workload: Workload, num_prompts: int, vocab: int, rn
         "output_tokens_per_s": output_tokens / elapsed,
         "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed,
         "token_wait_ms_per_step": wait_ms,
+        "engine_loop_ms_per_step": loop_ms,
     }
 
 
@@ -287,9 +290,9 @@ def measure_latency(llm, args: argparse.Namespace, config: dict, vocab: int, rng
 def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: int) -> dict:
     """One request of ``n_in`` prompt tokens: ms per output token over ``n_out`` tokens,
     prefill excluded (time(n_out tokens) - time(1 token)), and its MBU."""
-    before = common.engine_stats(llm)
+    before, loop_before = common.engine_stats(llm), engine_loop.read(llm)
     full = median_time(llm, rng, n_in, n_out, args.repeats, vocab)
-    after = common.engine_stats(llm)
+    after, loop_after = common.engine_stats(llm), engine_loop.read(llm)
     chain_ms = common.launch_chain_ms(before, after)
     first = median_time(llm, rng, n_in, 1, args.repeats, vocab)
     step_s = (full - first) / max(n_out - 1, 1)
@@ -306,6 +309,7 @@ def batch1_decode(llm, args, config: dict, vocab: int, rng, n_in: int, n_out: in
         "mbu": common.mbu(step_bytes, step_s, args.copy_bandwidth),
         "launch_chain_ms": chain_ms,
         "launch_chain_split_ms": common.launch_chain_split_ms(before, after),
+        "engine_loop_ms_per_step": engine_loop.ms_per_step(loop_before, loop_after),
     }
 
 
@@ -341,6 +345,7 @@ def run_benchmarks(args: argparse.Namespace, model_dir: str) -> tuple[dict, list
     config = common.read_config(model_dir)
     vocab = config["vocab_size"]
     llm, engine_s = start_engine(args, model_dir)
+    engine_loop.install(llm)  # host time of the engine core's parts, per workload
     rng = np.random.default_rng(args.seed)
     rows = []
     for w in args.workloads:
@@ -448,6 +453,7 @@ def print_report(r: dict) -> None:
             f"{t['output_tokens_per_s']:>12.1f} {t['total_tokens_per_s']:>11.1f} "
             f"{'-' if wait is None else f'{wait:.2f}':>18}"
         )
+        print_engine_loop(t.get("engine_loop_ms_per_step"))
     lat = r["latency"]
     if lat and "ms_per_token" in lat:
         print(
@@ -462,6 +468,7 @@ def print_report(r: dict) -> None:
             if lat.get("launch_chain_split_ms"):
                 links = ", ".join(f"{k} {v:.2f}" for k, v in lat["launch_chain_split_ms"].items())
                 print(f"    of which (ms): {links}")
+        print_engine_loop(lat.get("engine_loop_ms_per_step"))
         device = s.get("device", "")
         if r["copy_bandwidth"] == common.H100_COPY_BANDWIDTH and "H100" not in device:
             where = device or "this device"
@@ -474,6 +481,13 @@ def print_report(r: dict) -> None:
             f"batch 1 at a {c['input_len']}-token prompt: {c['ms_per_token']:.2f} ms per output "
             f"token, MBU {c['mbu']:.2%}"
         )
+
+
+def print_engine_loop(loop: dict | None) -> None:
+    """One line: the engine core's host ms per model step, part by part (``engine_loop``)."""
+    if loop:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in loop.items() if k != "steps")
+        print(f"    engine core ms per step ({loop['steps']:.0f} steps): {parts}")
 
 
 def write_json(path: str | None, result: dict) -> None:
