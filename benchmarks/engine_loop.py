@@ -14,7 +14,13 @@ that ``throughput.py`` can set one backend's parts beside the other's:
 * ``step``: the whole of the engine core's step function (the parts above and what lies
   between them, e.g. grammar bitmasks and the batch queue);
 * ``loop``: from the end of one step to the start of the next within a busy period (the
-  engine core's input and output queues).
+  engine core's input and output queues);
+* ``gc``: Python's garbage collections in the engine's process, in any thread (each one holds
+  the GIL, so it stops every thread's Python).
+
+Each part is timed on the wall clock and on the calling thread's CPU clock: a part whose wall
+time exceeds its CPU time waited, for the GIL (another thread of the process running Python, as
+the engine core's output thread or a backend's launch thread) or for the device.
 
 :func:`install` wraps these methods on the live engine core's objects (not vLLM's classes,
 except the executor's future type), through ``collective_rpc``; :func:`read` returns the
@@ -25,6 +31,7 @@ needs neither this module nor this package. Each wrapped call costs two ``perf_c
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from typing import Any
@@ -55,33 +62,55 @@ def _engine_core() -> Any:
 
 
 def _timed(totals: dict, name: str, fn: Any) -> Any:
+    """``fn``, adding its wall seconds, calls and thread CPU seconds to ``totals[name]``."""
+
     def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
             entry = totals[name]
             entry[0] += time.perf_counter() - start
             entry[1] += 1
+            entry[2] += time.thread_time() - cpu
 
     return timed
 
 
+def _gc_callback(totals: dict) -> Any:
+    """A ``gc.callbacks`` entry adding each collection's seconds to ``totals["gc"]``."""
+    started = [0.0]
+
+    def callback(phase: str, _info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            elapsed = time.perf_counter() - started[0]
+            entry = totals["gc"]
+            entry[0] += elapsed
+            entry[1] += 1
+            entry[2] += elapsed
+
+    return callback
+
+
 def _timed_step(totals: dict, fn: Any) -> Any:
     """The step function, timed, with the gap since the previous step counted as ``loop``."""
-    last_end = [None]
+    last_end: list = [None, 0.0]  # wall and thread CPU clocks at the end of the last step
 
     def step(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         if last_end[0] is not None and start - last_end[0] < MAX_LOOP_GAP_S:
             totals["loop"][0] += start - last_end[0]
             totals["loop"][1] += 1
+            totals["loop"][2] += cpu - last_end[1]
         try:
             return fn(*args, **kwargs)
         finally:
-            last_end[0] = time.perf_counter()
+            last_end[:] = time.perf_counter(), time.thread_time()
             totals["step"][0] += last_end[0] - start
             totals["step"][1] += 1
+            totals["step"][2] += last_end[1] - cpu
 
     return step
 
@@ -93,7 +122,8 @@ def _install_in_engine(_worker: Any) -> bool:
         return False
     if hasattr(engine, TOTALS_ATTR):
         return True
-    totals = {name: [0.0, 0] for name in (*PARTS, "output_wait", "step", "loop")}
+    # part -> [wall seconds, calls, thread CPU seconds]
+    totals = {name: [0.0, 0, 0.0] for name in (*PARTS, "output_wait", "step", "loop", "gc")}
     for name, (owner_attr, method) in PARTS.items():
         owner = getattr(engine, owner_attr)
         setattr(owner, method, _timed(totals, name, getattr(owner, method)))
@@ -106,6 +136,7 @@ def _install_in_engine(_worker: Any) -> bool:
     if future_type is not None and not hasattr(future_type, TOTALS_ATTR):
         future_type.result = _timed(totals, "output_wait", future_type.result)
         setattr(future_type, TOTALS_ATTR, totals)
+    gc.callbacks.append(_gc_callback(totals))
     setattr(engine, TOTALS_ATTR, totals)
     return True
 
@@ -133,20 +164,24 @@ def install(llm: Any) -> bool:
 
 
 def read(llm: Any) -> dict | None:
-    """Running totals: part -> [seconds, calls]; None when not installed."""
+    """Running totals: part -> [wall seconds, calls, thread CPU seconds]; None when not
+    installed."""
     return _rpc(llm, _read_in_engine)
 
 
-def ms_per_step(before: dict | None, after: dict | None) -> dict[str, float] | None:
-    """Mean milliseconds per model step of each part between two :func:`read` results (a
-    model step: a ``sample_tokens`` call; ``loop`` per gap counted; ``steps``: how many)."""
+def ms_per_step(before: dict | None, after: dict | None) -> dict | None:
+    """Mean wall milliseconds per model step of each part between two :func:`read` results (a
+    model step: a ``sample_tokens`` call), ``steps`` (how many) and ``cpu``: the same parts'
+    thread CPU milliseconds per step."""
     if not before or not after:
         return None
     steps = after["sample_tokens"][1] - before["sample_tokens"][1]
     if steps <= 0:
         return None
-    result = {"steps": float(steps)}
+    result: dict = {"steps": float(steps)}
+    cpu = {}
     for name in after:
-        seconds = after[name][0] - before[name][0]
-        result[name] = seconds / steps * 1e3
+        result[name] = (after[name][0] - before[name][0]) / steps * 1e3
+        cpu[name] = (after[name][2] - before[name][2]) / steps * 1e3
+    result["cpu"] = cpu
     return result

@@ -486,8 +486,13 @@ def print_report(r: dict) -> None:
 def print_engine_loop(loop: dict | None) -> None:
     """One line: the engine core's host ms per model step, part by part (``engine_loop``)."""
     if loop:
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in loop.items() if k != "steps")
-        print(f"    engine core ms per step ({loop['steps']:.0f} steps): {parts}")
+        cpu = loop.get("cpu", {})
+        parts = ", ".join(
+            f"{k} {v:.2f}" + (f" ({cpu[k]:.2f})" if k in cpu and k != "gc" else "")
+            for k, v in loop.items()
+            if k not in ("steps", "cpu")
+        )
+        print(f"    engine core ms per step, wall (thread CPU), {loop['steps']:.0f} steps: {parts}")
 
 
 def write_json(path: str | None, result: dict) -> None:
