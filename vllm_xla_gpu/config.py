@@ -6,35 +6,38 @@ else in the package looks at ``os.environ``.
 
 Environment variables (all optional):
 
-==================================  ===============================================================
-``VLLM_XLA_GPU_DISABLE``            ``1`` turns the plugin off: vLLM uses its built-in platform.
-``VLLM_XLA_GPU_ATTENTION``          ``auto`` (default), ``triton`` or ``reference``: attention op.
-``VLLM_XLA_GPU_CACHE_DIR``          JAX persistent compilation cache (default
-                                    ``~/.cache/vllm_xla_gpu/jax``); ``off`` disables it.
-``VLLM_XLA_GPU_MIN_TOKENS``         smallest token bucket (default 16).
-``VLLM_XLA_GPU_PRECOMPILE``         ``0`` skips compiling every bucket at start-up (debug only:
-                                    serving then compiles on first use of each shape).
-``VLLM_XLA_GPU_COMPILE_THREADS``    programs compiled at once at start-up (default: up to 4).
-``VLLM_XLA_GPU_TRITON_LAUNCH``      ``ffi`` (default): Triton kernels launch through jaxlib's
-                                    typed-FFI handler, which XLA records into its CUDA graphs;
-                                    ``legacy``: jax-triton's own custom call
-                                    (``ops/triton_launch.py``).
-``VLLM_XLA_GPU_STAGE_INPUTS``       ``1`` (default): a compiled step copies its transferred inputs
-                                    into its own scratch memory before using them; ``0``: it reads
-                                    them where they arrived (``runner/transfer.py``, ``stage``).
-``VLLM_XLA_GPU_LAUNCH_THREAD``      ``1`` (default): the runner starts its compiled steps from one
-                                    launch thread, so vLLM's Python overlaps XLA's launch, and the
-                                    process takes a 0.1 ms GIL switch interval; ``0``: each call
-                                    runs when the runner makes it (``runner/launch.py``).
-``VLLM_XLA_GPU_MODEL_STEP_COPIES``  loaded copies of each token bucket's model step on a GPU,
-                                    launched in turn, so a launch does not update the CUDA graph
-                                    still running (``runner/precompile.py``, ``loaded_copies``);
-                                    default 1 (2 measured no faster in serving, 2026-11-28).
-``VLLM_XLA_GPU_CACHE``              root of converted checkpoints (default
-                                    ``~/.cache/vllm_xla_gpu``).
-``VLLM_XLA_GPU_CPU_KV_BYTES``       KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
-                                    not given (default 1 GiB).
-==================================  ===============================================================
+====================================  ==============================================================
+``VLLM_XLA_GPU_DISABLE``              ``1`` turns the plugin off: vLLM uses its built-in platform.
+``VLLM_XLA_GPU_ATTENTION``            ``auto`` (default), ``triton`` or ``reference``: attention op.
+``VLLM_XLA_GPU_CACHE_DIR``            JAX persistent compilation cache (default
+                                      ``~/.cache/vllm_xla_gpu/jax``); ``off`` disables it.
+``VLLM_XLA_GPU_MIN_TOKENS``           smallest token bucket (default 16).
+``VLLM_XLA_GPU_PRECOMPILE``           ``0`` skips compiling every bucket at start-up (debug only:
+                                      serving then compiles on first use of each shape).
+``VLLM_XLA_GPU_COMPILE_THREADS``      programs compiled at once at start-up (default: up to 4).
+``VLLM_XLA_GPU_TRITON_LAUNCH``        ``ffi`` (default): Triton kernels launch through jaxlib's
+                                      typed-FFI handler, which XLA records into its CUDA graphs;
+                                      ``legacy``: jax-triton's own custom call
+                                      (``ops/triton_launch.py``).
+``VLLM_XLA_GPU_STAGE_INPUTS``         ``1`` (default): a compiled step copies its transferred inputs
+                                      into its own scratch memory before using them; ``0``: it reads
+                                      them where they arrived (``runner/transfer.py``, ``stage``).
+``VLLM_XLA_GPU_LAUNCH_THREAD``        ``1`` (default): the runner starts its compiled steps from one
+                                      launch thread, so vLLM's Python overlaps XLA's launch, and the
+                                      process takes a short GIL switch interval; ``0``: each call
+                                      runs when the runner makes it (``runner/launch.py``).
+``VLLM_XLA_GPU_SWITCH_INTERVAL_MS``   that GIL switch interval with a launch thread (default 0.1;
+                                      Python's own is 5): shorter starts a launch sooner, longer
+                                      lets vLLM's scheduler run with fewer interruptions.
+``VLLM_XLA_GPU_MODEL_STEP_COPIES``    loaded copies of each token bucket's model step on a GPU,
+                                      launched in turn, so a launch does not update the CUDA graph
+                                      still running (``runner/precompile.py``, ``loaded_copies``);
+                                      default 1 (2 measured no faster in serving, 2026-11-28).
+``VLLM_XLA_GPU_CACHE``                root of converted checkpoints (default
+                                      ``~/.cache/vllm_xla_gpu``).
+``VLLM_XLA_GPU_CPU_KV_BYTES``         KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
+                                      not given (default 1 GiB).
+====================================  ==============================================================
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class XlaGpuConfig:
             (``runner.transfer.stage``).
         launch_thread: the runner starts its compiled steps from a launch thread
             (``runner/launch.py``).
+        switch_interval_s: the process's GIL switch interval while it has a launch thread.
         model_step_copies: loaded copies of each token bucket's model step, launched in
             turn on a GPU (``runner.precompile.loaded_copies``).
     """
@@ -112,6 +116,7 @@ class XlaGpuConfig:
     max_model_len: int
     stage_inputs: bool
     launch_thread: bool
+    switch_interval_s: float
     model_step_copies: int
 
     @classmethod
@@ -132,5 +137,6 @@ class XlaGpuConfig:
             max_model_len=vllm_config.model_config.max_model_len,
             stage_inputs=_env("STAGE_INPUTS", "1") != "0",
             launch_thread=_env("LAUNCH_THREAD", "1") != "0",
+            switch_interval_s=float(_env("SWITCH_INTERVAL_MS", "0.1")) / 1e3,
             model_step_copies=max(1, int(_env("MODEL_STEP_COPIES", "1"))),
         )

@@ -30,7 +30,11 @@ from typing import Any
 # The launch thread needs the GIL to start a call (jax reads the arguments under it). Python
 # hands the GIL to a waiting thread only every switch interval (5 ms by default) while the
 # runner's thread runs Python, which could hold a launch back for that long; the runner's
-# process takes a shorter interval when it has a launch thread.
+# process takes a shorter interval when it has a launch thread. The cost: every other thread
+# (vLLM's engine-core output thread too) can then cut into vLLM's scheduler as often. On an
+# H100 at 256 requests the engine's thread waited 1.2 ms of a 7.1 ms step with the thread and
+# 0.4 ms without it (docs/performance.md, 2026-11-28, fifth session);
+# ``VLLM_XLA_GPU_SWITCH_INTERVAL_MS`` sets the interval for a comparison.
 SWITCH_INTERVAL_S = 1e-4
 
 
@@ -57,14 +61,15 @@ def ready(value: Any) -> Any:
 
 
 class Launcher:
-    """Runs submitted calls in order: at once (``threaded`` False) or on one launch thread.
+    """Runs submitted calls in order: at once (``threaded`` False) or on one launch thread,
+    with the process's GIL switch interval set to ``switch_interval_s``.
 
     Attributes:
         threaded: whether calls run on the launch thread.
         num_launched: calls submitted so far (tests and benchmarks read it).
     """
 
-    def __init__(self, threaded: bool) -> None:
+    def __init__(self, threaded: bool, switch_interval_s: float = SWITCH_INTERVAL_S) -> None:
         self.threaded = threaded
         self.num_launched = 0
         self._pool = None
@@ -72,7 +77,7 @@ class Launcher:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="vllm-xla-launch"
             )
-            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+            sys.setswitchinterval(switch_interval_s)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Launched:
         """Call ``fn`` with ``args`` (each :class:`Launched` replaced by its result)."""

@@ -160,7 +160,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self._sample_step = jax.jit(self._sample_step_fn, static_argnums=(3,))
         self._prompt_logprobs_step = jax.jit(self._prompt_logprobs_fn)
         # Every serving call of the jitted steps goes through here, in order (runner/launch.py).
-        self.launcher = Launcher(config.launch_thread)
+        self.launcher = Launcher(config.launch_thread, config.switch_interval_s)
         self.prompt_logprobs = PromptLogprobsState()
         self.vocab_size = vllm_config.model_config.get_vocab_size()
         self._pending: _PendingStep | None = None
