@@ -51,18 +51,35 @@ class PrevSampled:
 
 
 @dataclasses.dataclass
-class Placeholder:
-    """A sampled token the host does not know yet.
+class Placeholders:
+    """A step's sampled tokens the host does not know yet, one entry per request that sampled
+    (parallel lists: a step of 256 requests makes one object, not 256).
 
     Attributes:
-        req_id: the request.
-        output_index: its index in the request's ``output_token_ids``.
-        step_row: its row in the step's sampled ids.
+        req_ids: the requests.
+        output_indices: each one's index in its request's ``output_token_ids``.
+        step_rows: each one's row in the step's sampled ids.
     """
 
-    req_id: str
-    output_index: int
-    step_row: int
+    req_ids: list[str]
+    output_indices: list[int]
+    step_rows: list[int]
+
+    def without(self, req_id: str, from_output_index: int) -> Placeholders:
+        """These placeholders less those of ``req_id`` at ``from_output_index`` or later."""
+        keep = [
+            i
+            for i, (r, index) in enumerate(zip(self.req_ids, self.output_indices, strict=True))
+            if r != req_id or index < from_output_index
+        ]
+        return Placeholders(
+            [self.req_ids[i] for i in keep],
+            [self.output_indices[i] for i in keep],
+            [self.step_rows[i] for i in keep],
+        )
+
+
+NO_PLACEHOLDERS = Placeholders([], [], [])
 
 
 def start_copies_to_host(out: SamplerOutput, logprobs: bool) -> None:
@@ -75,7 +92,7 @@ def start_copies_to_host(out: SamplerOutput, logprobs: bool) -> None:
 
 
 # Writes resolved ids over placeholders: (the output, its placeholders, the step's sampled ids).
-FillPlaceholders = Callable[["AsyncXlaModelRunnerOutput", list[Placeholder], np.ndarray], None]
+FillPlaceholders = Callable[["AsyncXlaModelRunnerOutput", Placeholders, np.ndarray], None]
 
 
 class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
@@ -100,7 +117,7 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
         sampler_output: SamplerOutput | Launched,
         num_logprobs: np.ndarray,
         prompt_logprobs_dict: dict[str, LogprobsTensors | None],
-        placeholders: list[Placeholder],
+        placeholders: Placeholders,
         fill_placeholders: FillPlaceholders,
     ) -> None:
         self.req_ids = req_ids
@@ -122,15 +139,13 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
             self._token_ids = np.asarray(self.sampler_output.sampled_token_ids)[:num_reqs]
             self.wait_seconds = time.perf_counter() - start  # host idle, waiting for the device
             self._fill_placeholders(self, self.placeholders, self._token_ids)
-            self.placeholders = []
+            self.placeholders = NO_PLACEHOLDERS
         return self._token_ids
 
     def forget(self, req_id: str, from_output_index: int) -> None:
         """Drop placeholders the runner truncated (a preempted request's discarded tokens), so a
         late ``resolve`` cannot write into positions that later steps reuse."""
-        self.placeholders = [
-            p for p in self.placeholders if p.req_id != req_id or p.output_index < from_output_index
-        ]
+        self.placeholders = self.placeholders.without(req_id, from_output_index)
 
     def get_output(self) -> ModelRunnerOutput:
         """vLLM's ``ModelRunnerOutput`` of the step (blocks until the tokens are on the host)."""

@@ -72,7 +72,7 @@ from vllm_xla_gpu.ops.ragged_paged_attention.registry import resolve as resolve_
 from vllm_xla_gpu.ops.torch_op import register_torch_op
 from vllm_xla_gpu.runner.async_output import (
     AsyncXlaModelRunnerOutput,
-    Placeholder,
+    Placeholders,
     PrevSampled,
     start_copies_to_host,
 )
@@ -406,7 +406,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         top = self._prompt_logprobs_step(self.logits_params, hidden_all, targets)
         return self.prompt_logprobs.record(chunks, top, [len(p) for p in prompts])
 
-    def _add_placeholders(self, step: _PendingStep) -> tuple[np.ndarray, list[Placeholder]]:
+    def _add_placeholders(self, step: _PendingStep) -> tuple[np.ndarray, Placeholders]:
         """Append a placeholder (-1) for each sampled token; the real id replaces it when the
         output resolves. Requests still prefilling their prompt sample nothing.
 
@@ -414,35 +414,46 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             bool[num_reqs] which requests sampled, and their placeholders."""
         computed = self.batch.num_computed_tokens[step.rows] + step.num_scheduled
         sampled = computed >= self.batch.num_tokens[step.rows]
-        placeholders = []
         indices = np.flatnonzero(sampled)
-        for i in indices.tolist():
-            req_id = step.req_ids[i]
-            output_token_ids = self.requests[req_id].output_token_ids
-            placeholders.append(Placeholder(req_id, len(output_token_ids), i))
+        step_rows = indices.tolist()
+        req_ids = [step.req_ids[i] for i in step_rows]
+        output_indices = []
+        requests = self.requests
+        for req_id in req_ids:
+            output_token_ids = requests[req_id].output_token_ids
+            output_indices.append(len(output_token_ids))
             output_token_ids.append(-1)
         self.batch.append_tokens(step.rows[indices], -1)
-        return sampled, placeholders
+        return sampled, Placeholders(req_ids, output_indices, step_rows)
 
     def _fill_placeholders(
-        self, output: AsyncXlaModelRunnerOutput, placeholders: list[Placeholder], tokens
+        self, output: AsyncXlaModelRunnerOutput, placeholders: Placeholders, tokens: np.ndarray
     ) -> None:
         """Write a resolved step's token ids over its placeholders (requests that finished
         meanwhile are gone; a row given back gets the ids from ``output_token_ids``)."""
         self.token_wait_seconds += output.wait_seconds
         self.num_resolved_outputs += 1
         self._tokens_arrived_at = time.perf_counter()
-        with_history = self.batch.token_ids.shape[1]
-        for p in placeholders:
-            state = self.requests.get(p.req_id)
+        requests, req_id_to_row = self.requests, self.batch.req_id_to_row
+        rows, positions = [], []  # the batch's token history, written once below
+        values = tokens[placeholders.step_rows].tolist()
+        kept = []
+        for req_id, index, token in zip(
+            placeholders.req_ids, placeholders.output_indices, values, strict=True
+        ):
+            state = requests.get(req_id)
             if state is None:
                 continue
-            token = int(tokens[p.step_row])
-            state.output_token_ids[p.output_index] = token
-            row = self.batch.req_id_to_row.get(p.req_id)
-            position = len(state.prompt_token_ids) + p.output_index
-            if row is not None and position < with_history:
-                self.batch.token_ids[row, position] = token
+            state.output_token_ids[index] = token
+            row = req_id_to_row.get(req_id)
+            if row is not None:
+                rows.append(row)
+                positions.append(len(state.prompt_token_ids) + index)
+                kept.append(token)
+        if rows:
+            rows_np, positions_np = np.array(rows), np.array(positions)
+            fits = positions_np < self.batch.token_ids.shape[1]
+            self.batch.token_ids[rows_np[fits], positions_np[fits]] = np.array(kept)[fits]
         if output in self._unresolved:
             self._unresolved.remove(output)
 

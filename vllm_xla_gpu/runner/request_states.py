@@ -86,12 +86,17 @@ class RequestStatesMixin:
         self.sampling_inputs.set_request(row, state.sampling_params, state.seed)
 
     def _update_cached_requests(self, cached) -> None:
+        # Every scheduled request passes here each step: the rows' progress is collected and
+        # written into the batch's arrays once, not one numpy item at a time.
+        batch, requests = self.batch, self.requests
+        rows, num_computed, num_tokens = [], [], []
         for i, req_id in enumerate(cached.req_ids):
-            state = self.requests[req_id]
+            state = requests[req_id]
             state.num_computed_tokens = cached.num_computed_tokens[i]
-            self._truncate_outputs(state, cached.num_output_tokens[i])
+            if len(state.output_token_ids) > cached.num_output_tokens[i]:
+                self._truncate_outputs(state, cached.num_output_tokens[i])
             new_blocks = cached.new_block_ids[i]
-            row = self.batch.req_id_to_row.get(req_id)
+            row = batch.req_id_to_row.get(req_id)
             if req_id in cached.resumed_req_ids:
                 state.block_ids = list(new_blocks[0])
             elif new_blocks is not None:
@@ -99,10 +104,14 @@ class RequestStatesMixin:
             if row is None:
                 self._add_to_batch(state)
                 continue
-            self.batch.num_computed_tokens[row] = state.num_computed_tokens
-            self.batch.num_tokens[row] = state.num_tokens
+            rows.append(row)
+            num_computed.append(state.num_computed_tokens)
+            num_tokens.append(len(state.prompt_token_ids) + len(state.output_token_ids))
             if new_blocks is not None:
-                self.batch.append_blocks(row, new_blocks[0])
+                batch.append_blocks(row, new_blocks[0])
+        if rows:
+            batch.num_computed_tokens[rows] = num_computed
+            batch.num_tokens[rows] = num_tokens
 
 
 def _reads_token_history(params) -> bool:
