@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import types
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
@@ -130,3 +132,31 @@ def test_graph_runtime_sums_xla_runtime_events_per_step():
         },
         "command_buffer::update": {"ms_per_step": 0.15, "count_per_step": 1.0},
     }
+
+
+def test_bookkeeping_loops_fill_every_request_history():
+    """The runner's per-request loops as ``bookkeeping.py`` drives them: after each step every
+    request's output ids and the batch's token history hold the token it was handed there
+    (``100 * request + step``), and its token count moved one per step."""
+    import bookkeeping
+
+    from vllm_xla_gpu.runner.model_runner import XlaGpuModelRunner, _PendingStep
+
+    times = bookkeeping.run_once(8, 32, 20)  # the script's own run (its check included)
+    assert set(times) == {"update_cached", "add_placeholders", "fill_placeholders"}
+    runner = bookkeeping.bare_runner(4, 16)
+    req_ids = list(runner.requests)
+    rows = np.array([runner.batch.req_id_to_row[r] for r in req_ids], np.int32)
+    for step in range(3):
+        pending = _PendingStep(req_ids, rows, np.ones(4, np.int32), None)
+        _, placeholders = XlaGpuModelRunner._add_placeholders(runner, pending)
+        tokens = np.arange(4, dtype=np.int32) * 100 + step
+        output = types.SimpleNamespace(wait_seconds=0.0)
+        XlaGpuModelRunner._fill_placeholders(runner, output, placeholders, tokens)
+        runner.batch.num_computed_tokens[rows] += 1
+    for i, r in enumerate(req_ids):
+        expected = [i * 100 + step for step in range(3)]
+        assert runner.requests[r].output_token_ids == expected
+        row = runner.batch.req_id_to_row[r]
+        assert runner.batch.token_ids[row, 16:19].tolist() == expected
+        assert runner.batch.num_tokens[row] == 19
