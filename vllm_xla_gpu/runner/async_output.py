@@ -155,7 +155,7 @@ class AsyncXlaModelRunnerOutput(AsyncModelRunnerOutput):
             req_id_to_index={r: i for i, r in enumerate(self.req_ids)},
             sampled_token_ids=[
                 [token] if sampled else []
-                for token, sampled in zip(token_ids, self.sampled, strict=True)
+                for token, sampled in zip(token_ids, self.sampled.tolist(), strict=True)
             ],
             logprobs=to_logprobs_lists(self.sampler_output.logprobs, self.num_logprobs),
             prompt_logprobs_dict=self.prompt_logprobs_dict,

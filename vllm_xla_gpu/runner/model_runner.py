@@ -370,9 +370,9 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             )
         prompt_logprobs = self._prompt_logprobs(step)
         sampled, placeholders = self._add_placeholders(step)
-        self._prev_sampled = PrevSampled(
-            sampled_out.part(1), {r: i for i, r in enumerate(step.req_ids) if sampled[i]}
-        )
+        # The requests that sampled, each with its row in the step's sampled ids.
+        prev_rows = dict(zip(placeholders.req_ids, placeholders.step_rows, strict=True))
+        self._prev_sampled = PrevSampled(sampled_out.part(1), prev_rows)
         output = AsyncXlaModelRunnerOutput(
             step.req_ids,
             sampled,
