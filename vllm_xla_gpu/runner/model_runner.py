@@ -183,15 +183,14 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.token_wait_seconds = 0.0
         self.num_resolved_outputs = 0
         # Host seconds from a step's tokens reaching the host to the launch of the next step
-        # scheduled after them, over how many such steps. Under async scheduling vLLM schedules
-        # step N+2 only once step N's tokens are in, while N+1 runs: when this chain C is longer
-        # than the device's step D, a step takes about (C + D) / 2 (docs/performance.md, "Why
-        # batch 1 sits near 1.6 ms").
-        self.launch_chain_seconds = 0.0
+        # scheduled after them (``launch_chain_seconds``), over how many such steps. Under
+        # async scheduling vLLM schedules step N+2 only once step N's tokens are in, while N+1
+        # runs: when this chain C is longer than the device's step D, a step takes about
+        # (C + D) / 2 (docs/performance.md, "Why batch 1 sits near 1.6 ms"). Kept in four
+        # links: vLLM's engine (collecting the output, updating and scheduling), the runner's
+        # input preparation, the handoff to the launch thread (until it starts the call), and
+        # the jitted call up to its return.
         self.num_launch_chains = 0
-        # The same chain in four links: vLLM's engine (collecting the output, updating and
-        # scheduling), the runner's input preparation, the handoff to the launch thread (until
-        # it starts the call), and the jitted call up to its return.
         self.launch_chain_split_seconds = {
             "engine": 0.0,
             "runner": 0.0,
@@ -538,8 +537,12 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         split["runner"] += submitted - entered
         split["handoff"] += called - submitted
         split["call"] += launched - called
-        self.launch_chain_seconds += launched - arrived
         self.num_launch_chains += 1
+
+    @property
+    def launch_chain_seconds(self) -> float:
+        """The launch chains' total host seconds: the sum of their links."""
+        return sum(self.launch_chain_split_seconds.values())
 
     def _launch_sampler(
         self,
