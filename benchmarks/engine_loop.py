@@ -61,6 +61,13 @@ def _engine_core() -> Any:
     return None
 
 
+def _add(entry: list, wall: float, cpu: float) -> None:
+    """One more call of a part: ``entry`` is its [wall seconds, calls, thread CPU seconds]."""
+    entry[0] += wall
+    entry[1] += 1
+    entry[2] += cpu
+
+
 def _timed(totals: dict, name: str, fn: Any) -> Any:
     """``fn``, adding its wall seconds, calls and thread CPU seconds to ``totals[name]``."""
 
@@ -69,10 +76,7 @@ def _timed(totals: dict, name: str, fn: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         finally:
-            entry = totals[name]
-            entry[0] += time.perf_counter() - start
-            entry[1] += 1
-            entry[2] += time.thread_time() - cpu
+            _add(totals[name], time.perf_counter() - start, time.thread_time() - cpu)
 
     return timed
 
@@ -86,10 +90,7 @@ def _gc_callback(totals: dict) -> Any:
             started[0] = time.perf_counter()
         else:
             elapsed = time.perf_counter() - started[0]
-            entry = totals["gc"]
-            entry[0] += elapsed
-            entry[1] += 1
-            entry[2] += elapsed
+            _add(totals["gc"], elapsed, elapsed)
 
     return callback
 
@@ -101,16 +102,12 @@ def _timed_step(totals: dict, fn: Any) -> Any:
     def step(*args: Any, **kwargs: Any) -> Any:
         start, cpu = time.perf_counter(), time.thread_time()
         if last_end[0] is not None and start - last_end[0] < MAX_LOOP_GAP_S:
-            totals["loop"][0] += start - last_end[0]
-            totals["loop"][1] += 1
-            totals["loop"][2] += cpu - last_end[1]
+            _add(totals["loop"], start - last_end[0], cpu - last_end[1])
         try:
             return fn(*args, **kwargs)
         finally:
             last_end[:] = time.perf_counter(), time.thread_time()
-            totals["step"][0] += last_end[0] - start
-            totals["step"][1] += 1
-            totals["step"][2] += last_end[1] - cpu
+            _add(totals["step"], last_end[0] - start, last_end[1] - cpu)
 
     return step
 

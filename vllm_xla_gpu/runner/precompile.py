@@ -136,7 +136,8 @@ class PrecompileMixin:
                 lowered_at = time.perf_counter()
                 compile_lowered(lowered, self.compile_threads(), bar.update)
                 # XLA:CPU runs no CUDA graphs (and its executables do not round-trip). The
-                # model steps are the first ``len(model_calls)`` lowered programs.
+                # model steps are the first ``len(model_calls)`` lowered programs; ``compile``
+                # hands back the executable ``compile_lowered`` made (a lowering keeps it).
                 copies = self.config.model_step_copies if self.device.platform == "gpu" else 1
                 self._model_step_programs = {
                     call.args[-1]: loaded_copies(program.compile(), copies, self.device)
