@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
+from vllm_xla_gpu.ops.ragged_paged_attention import registry
 from vllm_xla_gpu.ops.ragged_paged_attention.registry import get_ragged_paged_attention
 
 # Query heads, KV heads and head_dim; --heads overrides them.
@@ -48,6 +49,14 @@ CALLS_PER_ROUND = 4
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--impls", nargs="+", default=["triton", "reference"])
+    p.add_argument(
+        "--module",
+        nargs="*",
+        default=[],
+        metavar="NAME=MODULE",
+        help="register MODULE (importable, the reference's signature) as implementation NAME "
+        "first, e.g. an earlier version of a kernel to time beside the current one",
+    )
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--decode-contexts", type=int, nargs=2, default=[2048, 8192])
     p.add_argument("--prefill-len", type=int, default=8192)
@@ -184,6 +193,9 @@ def main() -> None:
     global NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM  # one shape per run, read by Workload
     args = parse_args()
     NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = args.heads
+    for spec in args.module:
+        name, module = spec.split("=", 1)
+        registry.register(name, module, (), auto=False)
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     sizes = limit_sizes(jax.default_backend())
