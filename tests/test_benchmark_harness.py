@@ -160,3 +160,53 @@ def test_bookkeeping_loops_fill_every_request_history():
         row = runner.batch.req_id_to_row[r]
         assert runner.batch.token_ids[row, 16:19].tolist() == expected
         assert runner.batch.num_tokens[row] == 19
+
+
+def test_kernel_resources_occupancy_by_hand():
+    """Programs per Hopper SM: registers are allocated per warp in units of 256, and each
+    program's shared memory takes 1 KiB more."""
+    import kernel_resources
+
+    # 103 registers -> 3328 a warp, 13312 a 4-warp program: 4 fit in 64K (shared allows 5).
+    assert kernel_resources.programs_per_sm(103, 38912, 4) == 4
+    assert kernel_resources.programs_per_sm(143, 38912, 4) == 3  # 18432 a program
+    assert kernel_resources.programs_per_sm(120, 100352, 4) == 2  # shared: 228 KiB / 99 KiB
+    assert kernel_resources.programs_per_sm(32, 0, 4) == 16  # the 64-warp limit
+
+
+def test_kernel_resources_compiles_the_serving_kernel(tmp_path):
+    """The package's attention kernel compiles for Hopper on this machine, at the block sizes
+    serving picks, and the compiler's figures are sane. In a process of its own: this session
+    runs Triton's interpreter (conftest.py), whose kernels cannot be compiled."""
+    import json
+    import os
+    import subprocess
+
+    import kernel_resources
+
+    from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
+
+    script = pathlib.Path(kernel_resources.__file__)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "resources.json"
+    subprocess.run(
+        [sys.executable, str(script), "--cases", "1b-decode", "--json", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (row,) = json.loads(out.read_text())["rows"]
+    cfg = triton_gpu.kernel_config(256, 256, 4, 64)
+    assert (row["impl"], row["block_m"], row["block_n"], row["num_stages"]) == (
+        "triton",
+        cfg.block_m,
+        cfg.block_n,
+        cfg.num_stages,
+    )
+    assert 0 < row["regs"] <= 255 and row["spill"] >= 0
+    # K and V tiles of the pipelined loop are staged in shared memory: at least one stage each.
+    assert row["shared"] >= 2 * cfg.block_n * 64 * 2
+    assert row["programs_per_sm"] == kernel_resources.programs_per_sm(
+        row["regs"], row["shared"], cfg.num_warps
+    )
