@@ -18,6 +18,9 @@ request rows, Llama-3.1-8B's (32 / 8 / 128) at a 64-token decode step, and an 81
 prefill step with the 8B's heads; block sizes as ``kernel_config`` picks them for those
 static shapes, exactly as serving compiles them.
 
+``--configs M,N,WARPS,STAGES ...`` compiles each case with those block sizes instead, to pick
+candidates worth timing on the GPU (``attention.py --decode-configs``).
+
 Implementations: ``triton`` (this package's kernel) and any module given as
 ``--module NAME=MODULE`` that has the same ``ragged_paged_attention_kernel``,
 ``kernel_config`` and ``kernel_constants`` (a variant under study, an earlier version). Its
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import math
 import os
@@ -65,6 +69,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (Hopper)")
     p.add_argument("--block-size", type=int, default=16, help="KV page size")
+    p.add_argument(
+        "--configs",
+        nargs="*",
+        default=[],
+        metavar="M,N,WARPS,STAGES",
+        help="compile with these block_m,block_n,num_warps,num_stages instead of the ones "
+        "kernel_config picks (candidates to time with attention.py --decode-configs)",
+    )
     p.add_argument("--json", help="write results here")
     return p.parse_args()
 
@@ -90,8 +102,11 @@ def static_shapes(heads: tuple[int, int, int], num_tokens: int, num_reqs: int, b
     return q, kv, md
 
 
-def compile_kernel(module, case: str, arch: int, block_size: int) -> dict:
-    """Compile ``module``'s kernel for ``case`` and read its resources off the compiler."""
+def compile_kernel(
+    module, case: str, arch: int, block_size: int, config: str | None = None
+) -> dict:
+    """Compile ``module``'s kernel for ``case`` (with ``config``, ``M,N,WARPS,STAGES``, if
+    given) and read its resources off the compiler."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
@@ -100,7 +115,11 @@ def compile_kernel(module, case: str, arch: int, block_size: int) -> dict:
     heads, num_tokens, num_reqs = CASES[case]
     fn = module.ragged_paged_attention_kernel
     q, kv, md = static_shapes(heads, num_tokens, num_reqs, block_size)
-    cfg = module.kernel_config(num_tokens, num_reqs, heads[0] // heads[1], heads[2])
+    group = heads[0] // heads[1]
+    cfg = module.kernel_config(num_tokens, num_reqs, group, heads[2])
+    if config:
+        m, n, warps, stages = map(int, config.split(","))
+        cfg = module.KernelConfig(max(1, m // group), m, n, warps, stages)
     constants = module.kernel_constants(q, kv, md, cfg, heads[2] ** -0.5, None, None)
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -165,11 +184,12 @@ def main() -> None:
           f"{'shared':>8} {'regs':>4} {'spill':>5} {'programs/SM':>11}")  # fmt: skip
     rows = []
     for case in args.cases:
-        for impl in impls:
+        for impl, config in itertools.product(impls, args.configs or [None]):
+            module = kernel_module(impl, modules)
             row = dict(
                 case=case,
                 impl=impl,
-                **compile_kernel(kernel_module(impl, modules), case, args.arch, args.block_size),
+                **compile_kernel(module, case, args.arch, args.block_size, config),
             )
             rows.append(row)
             print(
