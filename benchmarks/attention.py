@@ -224,10 +224,10 @@ def main() -> None:
         t = prefill.seconds(impl, repeats)
         rows.append(result_row(impl, prefill_name, t, prefill.causal_flops, matmul, "FLOP/s"))
     for spec in args.decode_configs:
-        t = decode.seconds("triton", args.repeats, config=parse_config(spec))
+        t = decode.seconds("triton", args.repeats, config=parse_config(spec, False))
         rows.append(result_row(f"triton {spec}", decode_name, t, decode.kv_bytes_read, copy, "B/s"))
     for spec in args.prefill_configs:
-        t = prefill.seconds("triton", args.repeats, config=parse_config(spec))
+        t = prefill.seconds("triton", args.repeats, config=parse_config(spec, True))
         rows.append(
             result_row(f"triton {spec}", prefill_name, t, prefill.causal_flops, matmul, "FLOP/s")
         )
@@ -260,13 +260,15 @@ def main() -> None:
             json.dump(result, f, indent=2)
 
 
-def parse_config(spec: str):
+def parse_config(spec: str, read_inputs: bool):
     """``M,N,WARPS,STAGES`` as the Triton kernel's ``KernelConfig`` (query rows per tile ``M``
-    cover ``M / group`` tokens of one request)."""
+    cover ``M / group`` tokens of one request); ``read_inputs`` as ``kernel_config`` sets it
+    for prefill (True) and decode (False) steps."""
     from vllm_xla_gpu.ops.ragged_paged_attention.triton_gpu import KernelConfig
 
     m, n, warps, stages = map(int, spec.split(","))
-    return KernelConfig(max(1, m // (NUM_Q_HEADS // NUM_KV_HEADS)), m, n, warps, stages)
+    group = NUM_Q_HEADS // NUM_KV_HEADS
+    return KernelConfig(max(1, m // group), m, n, warps, stages, read_inputs)
 
 
 def result_row(impl: str, workload: str, seconds: float, amount: float, limit: float, unit: str):

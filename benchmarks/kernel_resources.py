@@ -14,8 +14,8 @@ Triton's own compiler and ``ptxas`` (both ship in the ``triton`` wheel) and read
   program; registers are allocated per warp in units of 256), at most 64 warps.
 
 Cases (``--cases``): Llama-3.2-1B's heads (32 / 8 / 64) at a 256-token decode step of 256
-request rows, Llama-3.1-8B's (32 / 8 / 128) at a 64-token decode step, and an 8192-token
-prefill step with the 8B's heads; block sizes as ``kernel_config`` picks them for those
+request rows, Llama-3.1-8B's (32 / 8 / 128) at a 64-token decode step, and 8192-token
+prefill steps with each model's heads; block sizes as ``kernel_config`` picks them for those
 static shapes, exactly as serving compiles them.
 
 ``--configs M,N,WARPS,STAGES ...`` compiles each case with those block sizes instead, to pick
@@ -36,6 +36,7 @@ machine's Triton may differ by version. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import itertools
 import json
@@ -51,6 +52,7 @@ import jax.numpy as jnp
 # label -> ((num_q_heads, num_kv_heads, head_dim), token bucket, request rows)
 CASES = {
     "1b-decode": ((32, 8, 64), 256, 256),
+    "1b-prefill": ((32, 8, 64), 8192, 256),
     "8b-decode": ((32, 8, 128), 64, 64),
     "8b-prefill": ((32, 8, 128), 8192, 256),
 }
@@ -119,7 +121,9 @@ def compile_kernel(
     cfg = module.kernel_config(num_tokens, num_reqs, group, heads[2])
     if config:
         m, n, warps, stages = map(int, config.split(","))
-        cfg = module.KernelConfig(max(1, m // group), m, n, warps, stages)
+        # Other fields (read_inputs in this package's kernel) as kernel_config sets them.
+        cfg = dataclasses.replace(cfg, block_q=max(1, m // group), block_m=m, block_n=n)
+        cfg = dataclasses.replace(cfg, num_warps=warps, num_stages=stages)
     constants = module.kernel_constants(q, kv, md, cfg, heads[2] ** -0.5, None, None)
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):

@@ -49,14 +49,16 @@ def interpreted():
     return triton_gpu
 
 
-def small_config(module, group: int):
-    """16-row tiles and 16-position KV chunks: many tiles per request, many chunks per tile."""
+def small_config(module, group: int, read_inputs: bool = True):
+    """16-row tiles and 16-position KV chunks: many tiles per request, many chunks per tile
+    (with ``read_inputs``, many of a prefill tile's chunks come from the ``k``/``v`` inputs)."""
     return module.KernelConfig(
         block_q=max(1, 16 // group),
         block_m=max(16, 1 << (group - 1).bit_length()),
         block_n=16,
         num_warps=4,
         num_stages=1,
+        read_inputs=read_inputs,
     )
 
 
@@ -70,14 +72,14 @@ def run_interpreted(module, step: Step, dtype, config: str, **options) -> np.nda
     cfg = (
         module.kernel_config(num_tokens, num_reqs, group, head_dim)
         if config == "auto"
-        else small_config(module, group)
+        else small_config(module, group, read_inputs=config != "small-cache")
     )
     q = jnp.asarray(step.q, dtype)
     kv = jnp.asarray(step.expected_kv_cache, dtype)
     constants = module.kernel_constants(q, kv, step.md, cfg, **options)
     out = torch.zeros(step.q.shape, dtype=torch_dtype)
     module.ragged_paged_attention_kernel[(num_tokens // cfg.block_q + num_reqs, num_kv_heads)](
-        torch.tensor(step.q).to(torch_dtype),
+        *(torch.tensor(x).to(torch_dtype) for x in (step.q, step.k, step.v)),
         torch.tensor(step.expected_kv_cache).to(torch_dtype),
         *(torch.tensor(x) for x in (step.md.block_tables, step.md.seq_lens)),
         torch.tensor(step.md.query_start_loc),
@@ -97,7 +99,7 @@ def check_interpreted(module, step: Step, dtype, config: str, **options) -> None
     np.testing.assert_array_equal(out[step.num_tokens :], 0.0)
 
 
-@pytest.mark.parametrize("config", ["auto", "small"])
+@pytest.mark.parametrize("config", ["auto", "small", "small-cache"])
 @pytest.mark.parametrize("heads", HEADS.values(), ids=HEADS.keys())
 @pytest.mark.parametrize("case", CASES.keys())
 def test_interpreted_matches_dense(interpreted, case: str, heads, config: str) -> None:
@@ -137,6 +139,22 @@ def test_interpreted_head_dim_not_power_of_two(interpreted) -> None:
     check_interpreted(
         interpreted, make_step("mixed", 4, 2, head_dim=80, seed=6), jnp.float32, "auto"
     )
+
+
+@pytest.mark.parametrize("read_inputs", [True, False])
+def test_interpreted_prefill_chunks_read_from_inputs(interpreted, read_inputs: bool) -> None:
+    """With ``read_inputs`` a prefill tile reads its unmasked, wholly-new chunks from the
+    ``k``/``v`` inputs, not the cache: inputs that disagree with the cache change the output
+    then (the path is taken), and not without it (the cache is read)."""
+    import dataclasses
+
+    step = make_step(([0, 0, 20], [40, 70, 30], 160), 4, 2, seed=10)  # many 16-row chunks
+    wrong = dataclasses.replace(step, k=step.k * 2.0, v=step.v - 1.0)
+    config = "small" if read_inputs else "small-cache"
+    options = dict(sm_scale=step.q.shape[-1] ** -0.5, sliding_window=None, soft_cap=None)
+    out = run_interpreted(interpreted, wrong, jnp.float32, config, **options)
+    matches = np.allclose(out, expected_output(step, **options), atol=1e-4, rtol=1e-4)
+    assert matches != read_inputs
 
 
 @pytest.mark.parametrize("case", CASES.keys())

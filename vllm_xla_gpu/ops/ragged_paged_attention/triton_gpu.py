@@ -26,6 +26,15 @@ not depend on the page size. Scores use the online softmax (running max and sum 
 ``exp2`` with ``log2(e)`` folded into the scale); hidden positions get ``-inf`` and positions
 past the last token are never loaded, so stale or NaN pages cannot leak into the output.
 
+Prefill tiles (``KernelConfig.read_inputs``) read the unmasked chunks that hold only this
+step's positions (from the request's ``context`` on) straight from the ``k``/``v`` inputs,
+token ``query_start_loc[r] + j - context`` for position ``j``: contiguous rows instead of a
+page gather, and the same values, since the write launch has just copied them to the slots
+``slot_mapping`` names, which are those ``block_tables`` names (vLLM builds both from one block
+table). Masked chunks and chunks that straddle ``context`` read the cache, so no loop loads
+from two sources: such a loop costs decode tiles registers or shared memory enough to hold
+fewer programs per SM (``benchmarks/kernel_resources.py``).
+
 Block sizes are chosen on the host from static shapes (:func:`kernel_config`): a small
 ``BLOCK_M`` when the token bucket is no larger than the request count (decode-heavy steps:
 the work is reading KV, so fewer wasted rows), a large one otherwise (prefill: the work is
@@ -60,6 +69,11 @@ class KernelConfig:
     block_n: int  # KV positions per inner-loop chunk
     num_warps: int
     num_stages: int
+    # Read KV chunks that lie wholly at or past a request's ``context`` (this step's own
+    # positions) from the contiguous ``k``/``v`` inputs instead of gathering them from pages.
+    # Worth it for prefill tiles; a decode tile has no such chunk, and the extra loop would
+    # only cost its registers.
+    read_inputs: bool = False
 
 
 def kernel_config(num_tokens: int, num_reqs: int, group: int, head_dim: int) -> KernelConfig:
@@ -76,7 +90,9 @@ def kernel_config(num_tokens: int, num_reqs: int, group: int, head_dim: int) -> 
     if decode_heavy and head_dim <= 64:
         block_n = 128
     num_stages = 2 if decode_heavy or head_dim > 128 else 3
-    return KernelConfig(block_q, block_m, block_n, num_warps=4, num_stages=num_stages)
+    return KernelConfig(
+        block_q, block_m, block_n, num_warps=4, num_stages=num_stages, read_inputs=not decode_heavy
+    )
 
 
 def ragged_paged_attention(
@@ -105,12 +121,15 @@ def ragged_paged_attention(
     num_tokens, num_q_heads, head_dim = q.shape
     if num_tokens == 0:
         return jnp.zeros_like(q), kv_cache
+    k, v = k.astype(kv_cache.dtype), v.astype(kv_cache.dtype)
     kv_cache = write_kv_cache(k, v, kv_cache, md.slot_mapping)
-    _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
-    num_reqs, max_blocks = md.block_tables.shape
+    num_kv_heads = kv_cache.shape[3]
+    num_reqs = md.block_tables.shape[0]
     cfg = config or kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
     out = jax_triton.triton_call(
         q,
+        k,
+        v,
         kv_cache,
         md.block_tables,
         md.seq_lens,
@@ -211,6 +230,7 @@ def kernel_constants(
         SOFT_CAP=soft_cap or 0.0,
         SLIDING_WINDOW=sliding_window or 0,
         DOT_PRECISION="ieee" if q.dtype == jnp.float32 else "tf32",
+        READ_INPUTS=cfg.read_inputs,
     )
 
 
@@ -237,13 +257,17 @@ def _attend_chunk(
     start,  # first KV position of the chunk
     kv_hi,  # one past the tile's last visible position
     pos,  # i32[BLOCK_M] each row's position
+    input_row,  # token whose K/V row holds position 0 (inputs hold positions from ``context``)
     req,
     kv_head,
     offs_d,
     d_ok,
     kv_ptr,
+    k_ptr,
+    v_ptr,
     block_tables_ptr,
     MASKED: tl.constexpr,  # False: every row sees every position of the chunk
+    FROM_INPUTS: tl.constexpr,  # True: the chunk lies wholly at or past ``context``
     NUM_BLOCKS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -259,13 +283,20 @@ def _attend_chunk(
     """One online-softmax update with the ``BLOCK_N`` KV positions from ``start``."""
     offs_n = start + tl.arange(0, BLOCK_N)
     n_ok = offs_n < kv_hi
-    page = tl.load(block_tables_ptr + req * MAX_BLOCKS + offs_n // BLOCK_SIZE, n_ok, 0)
-    slot = page.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE
-    kv_offs = (slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM)[:, None] + offs_d[None, :]
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(kv_ptr + kv_offs, kv_mask, 0.0)
-    v_base = kv_ptr + NUM_BLOCKS * BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM  # int64: caches are big
-    v = tl.load(v_base + kv_offs, kv_mask, 0.0)
+    if FROM_INPUTS:
+        row = (input_row + offs_n).to(tl.int64) * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
+        in_offs = row[:, None] + offs_d[None, :]
+        k = tl.load(k_ptr + in_offs, kv_mask, 0.0)
+        v = tl.load(v_ptr + in_offs, kv_mask, 0.0)
+    else:
+        page = tl.load(block_tables_ptr + req * MAX_BLOCKS + offs_n // BLOCK_SIZE, n_ok, 0)
+        slot = page.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE
+        kv_row = slot * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
+        kv_offs = kv_row[:, None] + offs_d[None, :]
+        k = tl.load(kv_ptr + kv_offs, kv_mask, 0.0)
+        v_base = kv_ptr + NUM_BLOCKS * BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM  # int64: big caches
+        v = tl.load(v_base + kv_offs, kv_mask, 0.0)
 
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # f32[BLOCK_M, BLOCK_N]
     if SOFT_CAP > 0:
@@ -294,7 +325,9 @@ def _attend_chunk(
 @triton.jit
 def ragged_paged_attention_kernel(
     q_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM]
-    kv_ptr,  # [2, NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM]
+    k_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM], the cache's dtype (also written to the cache)
+    v_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]
+    kv_ptr,  # [2, NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM], this step's K/V written
     block_tables_ptr,  # i32[NUM_REQS, MAX_BLOCKS]
     seq_lens_ptr,  # i32[NUM_REQS]
     qsl_ptr,  # i32[NUM_REQS + 1]
@@ -316,6 +349,7 @@ def ragged_paged_attention_kernel(
     SOFT_CAP: tl.constexpr,
     SLIDING_WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    READ_INPUTS: tl.constexpr,  # KernelConfig.read_inputs
 ):
     """One q tile of one request against one KV head: see the module docstring."""
     GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
@@ -357,17 +391,36 @@ def ragged_paged_attention_kernel(
     full_hi = kv_lo
     if SLIDING_WINDOW == 0:
         full_hi = ((context + tile * BLOCK_Q + 1) // BLOCK_N) * BLOCK_N
-    for start in range(kv_lo, full_hi, BLOCK_N):
+    # Of the unmasked chunks, those from ``inputs_lo`` on hold only this step's positions: with
+    # READ_INPUTS they are read from the contiguous inputs rather than gathered from pages (the
+    # same values: the write launch has already copied them there). Masked chunks always read
+    # the cache, so no loop mixes the two sources (that costs decode tiles a program per SM:
+    # docs/performance.md, 2026-11-28, sixth session).
+    inputs_lo = full_hi
+    if READ_INPUTS:
+        inputs_lo = tl.maximum(kv_lo, tl.minimum(full_hi, tl.cdiv(context, BLOCK_N) * BLOCK_N))
+    input_row = q_start - context
+    for start in range(kv_lo, inputs_lo, BLOCK_N):
         acc, l_i, m_i = _attend_chunk(
-            q, acc, l_i, m_i, start, kv_hi, pos, req, kv_head, offs_d, d_ok, kv_ptr,
-            block_tables_ptr, False, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, MAX_BLOCKS,
-            BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW, DOT_PRECISION,
+            q, acc, l_i, m_i, start, kv_hi, pos, input_row, req, kv_head, offs_d, d_ok, kv_ptr,
+            k_ptr, v_ptr, block_tables_ptr, False, False, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM,
+            BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW,
+            DOT_PRECISION,
         )  # fmt: skip
+    if READ_INPUTS:
+        for start in range(inputs_lo, full_hi, BLOCK_N):
+            acc, l_i, m_i = _attend_chunk(
+                q, acc, l_i, m_i, start, kv_hi, pos, input_row, req, kv_head, offs_d, d_ok,
+                kv_ptr, k_ptr, v_ptr, block_tables_ptr, False, True, NUM_BLOCKS, NUM_KV_HEADS,
+                HEAD_DIM, BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP,
+                SLIDING_WINDOW, DOT_PRECISION,
+            )  # fmt: skip
     for start in range(full_hi, kv_hi, BLOCK_N):
         acc, l_i, m_i = _attend_chunk(
-            q, acc, l_i, m_i, start, kv_hi, pos, req, kv_head, offs_d, d_ok, kv_ptr,
-            block_tables_ptr, True, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, MAX_BLOCKS,
-            BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW, DOT_PRECISION,
+            q, acc, l_i, m_i, start, kv_hi, pos, input_row, req, kv_head, offs_d, d_ok, kv_ptr,
+            k_ptr, v_ptr, block_tables_ptr, True, False, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM,
+            BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW,
+            DOT_PRECISION,
         )  # fmt: skip
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
