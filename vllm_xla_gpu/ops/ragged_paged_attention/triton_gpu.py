@@ -90,8 +90,11 @@ def kernel_config(num_tokens: int, num_reqs: int, group: int, head_dim: int) -> 
     if decode_heavy and head_dim <= 64:
         block_n = 128
     num_stages = 2 if decode_heavy or head_dim > 128 else 3
+    # At head_dim 256 the prefill tile already needs the 255 registers a thread can have, and
+    # the inputs loop made ptxas spill (benchmarks/kernel_resources.py): only up to 128.
+    read_inputs = not decode_heavy and head_dim <= 128
     return KernelConfig(
-        block_q, block_m, block_n, num_warps=4, num_stages=num_stages, read_inputs=not decode_heavy
+        block_q, block_m, block_n, num_warps=4, num_stages=num_stages, read_inputs=read_inputs
     )
 
 
