@@ -11,7 +11,8 @@ Triton's own compiler and ``ptxas`` (both ship in the ``triton`` wheel) and read
 * ``regs`` and ``spill``: registers per thread and bytes spilled, from ``ptxas -v``;
 * ``programs/SM``: the smaller of what the registers and what the shared memory allow
   (Hopper: 64K registers and 228 KiB of shared memory per SM, 1 KiB of it reserved per
-  program; registers are allocated per warp in units of 256), at most 64 warps.
+  program; registers are allocated per warp in units of 256), at most 64 warps and 32
+  programs.
 
 Cases (``--cases``): Llama-3.2-1B's heads (32 / 8 / 64) at a 256-token decode step of 256
 request rows, Llama-3.1-8B's (32 / 8 / 128) at a 64-token decode step, and 8192-token
@@ -61,6 +62,7 @@ SM_REGISTERS = 65536
 SM_SHARED_BYTES = 228 * 1024
 SHARED_RESERVED_PER_PROGRAM = 1024
 SM_WARPS = 64
+SM_PROGRAMS = 32  # resident thread blocks
 METADATA_POINTERS = ("block_tables", "seq_lens", "qsl", "slot", "tile_req")
 
 
@@ -177,7 +179,7 @@ def programs_per_sm(regs: int, shared: int, num_warps: int) -> int:
     regs_per_warp = math.ceil(regs * 32 / 256) * 256
     by_regs = SM_REGISTERS // (regs_per_warp * num_warps)
     by_shared = SM_SHARED_BYTES // (shared + SHARED_RESERVED_PER_PROGRAM)
-    return min(by_regs, by_shared, SM_WARPS // num_warps)
+    return min(by_regs, by_shared, SM_WARPS // num_warps, SM_PROGRAMS)
 
 
 def main() -> None:
