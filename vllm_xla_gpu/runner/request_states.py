@@ -76,9 +76,10 @@ class RequestStatesMixin:
     def _truncate_outputs(self, state: RequestState, num_output_tokens: int) -> None:
         """Keep the first ``num_output_tokens`` outputs (the scheduler dropped the rest: a
         preempted request's in-flight tokens); their placeholders are forgotten too."""
-        if len(state.output_token_ids) > num_output_tokens:
-            for output in self._unresolved:
-                output.forget(state.req_id, num_output_tokens)
+        if len(state.output_token_ids) <= num_output_tokens:
+            return  # the common case, every step for every running request
+        for output in self._unresolved:
+            output.forget(state.req_id, num_output_tokens)
         del state.output_token_ids[num_output_tokens:]
 
     def _add_to_batch(self, state: RequestState) -> None:
@@ -93,8 +94,7 @@ class RequestStatesMixin:
         for i, req_id in enumerate(cached.req_ids):
             state = requests[req_id]
             state.num_computed_tokens = cached.num_computed_tokens[i]
-            if len(state.output_token_ids) > cached.num_output_tokens[i]:
-                self._truncate_outputs(state, cached.num_output_tokens[i])
+            self._truncate_outputs(state, cached.num_output_tokens[i])
             new_blocks = cached.new_block_ids[i]
             row = batch.req_id_to_row.get(req_id)
             if req_id in cached.resumed_req_ids:
@@ -106,7 +106,7 @@ class RequestStatesMixin:
                 continue
             rows.append(row)
             num_computed.append(state.num_computed_tokens)
-            num_tokens.append(len(state.prompt_token_ids) + len(state.output_token_ids))
+            num_tokens.append(state.num_tokens)
             if new_blocks is not None:
                 batch.append_blocks(row, new_blocks[0])
         if rows:
