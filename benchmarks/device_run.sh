@@ -90,7 +90,9 @@ fi
 
 if [[ $stages == *" kernel "* ]]; then
 step "kernel: Triton kernel and torch op tests on the GPU"
-JAX_PLATFORMS=cuda timeout ${KERNEL_TIMEOUT:-300} python3 -P -m pytest -q -p no:cacheprovider \
+# SIGABRT, not SIGTERM, on timeout: pytest's faulthandler then prints every thread's stack
+# (the kernel tests once sat after their last test until the timeout).
+JAX_PLATFORMS=cuda timeout -s ABRT ${KERNEL_TIMEOUT:-300} python3 -P -m pytest -q -p no:cacheprovider \
   tests/test_ragged_paged_attention_triton.py tests/test_torch_op.py tests/test_triton_launch.py ${KERNEL_K:+-k "$KERNEL_K"} \
   > "$out/kernel_tests.log" 2>&1
 echo "kernel pytest exit $?"; grep -E "^FAILED|passed|failed" "$out/kernel_tests.log" | tail -8
