@@ -8,12 +8,21 @@ side of a call with the device idle, adding one ingredient of a runner step at a
 * ``+ numpy arg``: one fresh 4 KiB numpy buffer as well (the packed step inputs);
 * ``+ N weights``: ``N`` device arrays besides (a model's parameters, one leaf each);
 * ``+ donated cache``: a donated array the program updates in place (the KV cache);
+* ``+ C donated caches``: ``--caches`` such arrays, as a model step donates one KV cache per
+  layer (each updated in place, so also ``C`` tiny kernels);
 * ``+ K kernels``: a program of about ``K`` kernels (one matmul and one tanh per weight, twice),
   which XLA runs as a CUDA graph;
 * ``K kernels, same input``: that program handed the same device input every call, so that no
   buffer it reads moves (the donated cache keeps its address): the graph launch without the
   update XLA makes when an address changed (each call's output is freed before the next, so
   the allocator can hand the next one the same address).
+
+With ``--launches L`` (GPU only), just two programs of ``L`` in-place cache writes each, to
+tell the cost of a node kind in XLA's CUDA graph:
+
+* ``L Triton launches``: the attention wrapper's KV write (``triton_gpu.write_kv_cache``, a
+  Triton kernel through jaxlib's FFI handler, as every layer launches it), chained ``L`` times;
+* ``L XLA updates``: ``L`` chained in-place row updates, each an XLA kernel.
 
 Then the ``+ K kernels`` call with the device busy, as in serving, where the host launches step
 N+1 while step N still runs:
@@ -53,7 +62,9 @@ from vllm_xla_gpu.worker import _add_default_xla_flags
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=int, default=128, help="device arrays besides the input")
+    p.add_argument("--caches", type=int, default=16, help="donated arrays (one per layer)")
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--launches", type=int, help="only the Triton-against-XLA node comparison")
     p.add_argument("--busy-ms", type=float, default=5.0, help="device time of the long program")
     p.add_argument("--json")
     return p.parse_args()
@@ -106,7 +117,7 @@ def long_program(busy_ms: float):
     return lambda: fn(a)
 
 
-def cases(num_weights: int) -> dict:
+def cases(num_weights: int, num_caches: int) -> dict:
     """Each case: (jitted function, a function making its arguments); under ``two copies``,
     the kernels program's two loaded copies instead of one function."""
     rng = np.random.default_rng(0)
@@ -115,6 +126,7 @@ def cases(num_weights: int) -> dict:
         jnp.asarray(rng.standard_normal((64, 64)) / 8, jnp.float32) for _ in range(num_weights)
     ]
     cache = [jnp.zeros((1 << 20,), jnp.float32)]
+    caches = [[jnp.zeros((1 << 20,), jnp.float32) for _ in range(num_caches)]]
 
     def words():
         return rng.integers(0, 100, 1024, dtype=np.uint32)
@@ -130,6 +142,13 @@ def cases(num_weights: int) -> dict:
     def with_cache(x, w, ws, cache):
         return with_weights(x, w, ws), cache.at[w[0]].set(1.0)
 
+    def with_caches(x, w, ws, caches):
+        return with_weights(x, w, ws), [c.at[w[0]].set(1.0) for c in caches]
+
+    def keep_all(out_and_caches):
+        caches[0] = out_and_caches[1]
+        return out_and_caches
+
     def kernels(x, w, ws, cache):
         y = small(x, w)
         for v in ws + ws:
@@ -142,6 +161,7 @@ def cases(num_weights: int) -> dict:
 
     donate = {"donate_argnums": (3,)}
     f_cache, f_kernels = jax.jit(with_cache, **donate), jax.jit(kernels, **donate)
+    f_caches = jax.jit(with_caches, **donate)
 
     def kernel_args():
         return x, words(), weights, cache[0]
@@ -159,12 +179,51 @@ def cases(num_weights: int) -> dict:
         "+ numpy arg": (jax.jit(small), lambda: (x, words())),
         f"+ {num_weights} weights": (jax.jit(with_weights), lambda: (x, words(), weights)),
         "+ donated cache": (lambda *a: keep(f_cache(*a)), lambda: (x, words(), weights, cache[0])),
+        f"+ {num_caches} donated caches": (
+            lambda *a: keep_all(f_caches(*a)),
+            lambda: (x, words(), weights, caches[0]),
+        ),
         f"+ {4 * num_weights} kernels": (lambda *a: keep(f_kernels(*a)), kernel_args),
         f"{4 * num_weights} kernels, same input": (
             lambda *a: keep(f_kernels(*a)),
             lambda: (x, fixed_words, weights, cache[0]),
         ),
     }
+
+
+def launch_cases(num_launches: int) -> dict:
+    """Two programs of ``num_launches`` in-place writes to a small cache: Triton launches of the
+    KV write, and XLA's own dynamic-update-slice kernels."""
+    from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
+
+    cache = [jnp.zeros((2, 64, 16, 1, 64), jnp.bfloat16)]  # [2, blocks, block, kv heads, dim]
+    k = jnp.ones((1, 1, 64), jnp.bfloat16)
+
+    def triton_writes(k, slots, cache):
+        for i in range(num_launches):
+            cache = triton_gpu.write_kv_cache(k, k, cache, slots + i)
+        return cache
+
+    def xla_writes(k, slots, cache):
+        for i in range(num_launches):
+            cache = jax.lax.dynamic_update_slice(cache, k[None, None], (0, slots[0] + i, 0, 0, 0))
+        return cache
+
+    def keep(new):
+        cache[0] = new
+        return new
+
+    def args():
+        return k, jnp.asarray(np.zeros(1, np.int32)), cache[0]
+
+    jitted = {
+        name: jax.jit(fn, donate_argnums=(2,))
+        for name, fn in (
+            (f"{num_launches} Triton launches", triton_writes),
+            (f"{num_launches} XLA updates", xla_writes),
+        )
+    }
+    return {name: (lambda *a, f=f: keep(f(*a)), args) for name, f in jitted.items()}
 
 
 def main() -> None:
@@ -174,7 +233,13 @@ def main() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     print(f"dispatch cost on {device.device_kind}, jax {jax.__version__}, XLA_FLAGS={flags!r}")
     rows = {}
-    all_cases = cases(args.weights)
+    if args.launches:
+        for name, (fn, make_args) in launch_cases(args.launches).items():
+            rows[name] = host_ms(fn, make_args, args.calls)
+            print(f"{name:>22} {rows[name]:8.3f} ms host per call")
+        write_json(args.json, device, flags, rows)
+        return
+    all_cases = cases(args.weights, args.caches)
     copies, copies_args = all_cases.pop("two copies")
     for name, (fn, make_args) in all_cases.items():
         rows[name] = host_ms(fn, make_args, args.calls)
@@ -197,8 +262,13 @@ def main() -> None:
         second, copies_args, lambda: first(*copies_args()), args.calls
     )
     print(f"back to back, two copies {rows['back to back, two copies']:8.3f} ms host per call")
-    if args.json:
-        with open(args.json, "w") as f:
+    write_json(args.json, device, flags, rows)
+
+
+def write_json(path: str | None, device, flags: str, rows: dict) -> None:
+    """The table as JSON at ``path`` (nothing without one)."""
+    if path:
+        with open(path, "w") as f:
             json.dump(
                 {"device": device.device_kind, "xla_flags": flags, "host_ms": rows}, f, indent=1
             )
