@@ -77,7 +77,8 @@ def run_interpreted(module, step: Step, dtype, config: str, **options) -> np.nda
     q = jnp.asarray(step.q, dtype)
     kv = jnp.asarray(step.expected_kv_cache, dtype)
     constants = module.kernel_constants(q, kv, step.md, cfg, **options)
-    out = torch.zeros(step.q.shape, dtype=torch_dtype)
+    # Not zeroed, as XLA hands the kernel its output: every row must be written, padding too.
+    out = torch.full(step.q.shape, float("nan"), dtype=torch_dtype)
     module.ragged_paged_attention_kernel[(num_tokens // cfg.block_q + num_reqs, num_kv_heads)](
         *(torch.tensor(x).to(torch_dtype) for x in (step.q, step.k, step.v)),
         torch.tensor(step.expected_kv_cache).to(torch_dtype),

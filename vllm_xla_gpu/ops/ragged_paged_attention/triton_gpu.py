@@ -19,6 +19,12 @@ partial last tile), so a program finds its request by a binary search over ``que
 and ``num_tokens // BLOCK_Q + max_num_reqs`` programs always suffice; spare ones exit at once.
 Every shape is static, so the launch is part of the step's single compiled program.
 
+Padding tokens (from ``query_start_loc[-1]`` on) belong to no tile. Their output rows are
+zeroed by position instead: program ``(p, h)`` first zeroes the padding rows among tokens
+``p * BLOCK_Q`` to ``p * BLOCK_Q + BLOCK_Q - 1`` for KV head ``h``'s query heads (the grid has
+at least ``num_tokens / BLOCK_Q`` programs per head, so every row has one). XLA therefore need
+not clear the whole output first: that was a memset node in every layer's CUDA graph.
+
 Each program walks its request's KV from position ``0`` (or the sliding window's start) up to
 its last token's position in ``BLOCK_N``-row chunks. Row ``n`` of a chunk is position ``j``,
 read from page ``block_tables[r, j // block_size]``: the chunk is a gather, so ``BLOCK_N`` does
@@ -142,7 +148,6 @@ def ragged_paged_attention(
         grid=(num_tokens // cfg.block_q + num_reqs, num_kv_heads),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
-        zeroed_outputs=(0,),  # padding tokens belong to no tile: their output stays zero
         **kernel_constants(q, kv_cache, md, cfg, sm_scale, sliding_window, soft_cap),
     )
     return out, kv_cache
@@ -216,6 +221,7 @@ def kernel_constants(
     _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
     num_reqs, max_blocks = md.block_tables.shape
     return dict(
+        NUM_TOKENS=q.shape[0],
         NUM_REQS=num_reqs,
         SEARCH_STEPS=max(1, math.ceil(math.log2(num_reqs + 1))),
         NUM_Q_HEADS=num_q_heads,
@@ -235,6 +241,36 @@ def kernel_constants(
         DOT_PRECISION="ieee" if q.dtype == jnp.float32 else "tf32",
         READ_INPUTS=cfg.read_inputs,
     )
+
+
+@triton.jit
+def _zero_padding_rows(
+    qsl_ptr,
+    out_ptr,
+    pid,
+    kv_head,
+    NUM_TOKENS: tl.constexpr,
+    NUM_REQS: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    GROUP: tl.constexpr,
+):
+    """Zero the output of the padding tokens among ``pid``'s ``BLOCK_Q`` tokens (by position,
+    not by request) for ``kv_head``'s query heads; most programs have none and store nothing."""
+    first_padding = tl.load(qsl_ptr + NUM_REQS)
+    if (pid + 1) * BLOCK_Q <= first_padding or pid * BLOCK_Q >= NUM_TOKENS:
+        return
+    offs_m = tl.arange(0, BLOCK_M)
+    token = pid * BLOCK_Q + offs_m // GROUP
+    head = kv_head * GROUP + offs_m % GROUP
+    pad = (offs_m < BLOCK_Q * GROUP) & (token >= first_padding) & (token < NUM_TOKENS)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    rows = token.to(tl.int64) * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM
+    zeros = tl.zeros([BLOCK_M, HEAD_DIM_PAD], out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows[:, None] + offs_d[None, :], zeros, pad[:, None] & (offs_d < HEAD_DIM))
 
 
 @triton.jit
@@ -334,7 +370,8 @@ def ragged_paged_attention_kernel(
     block_tables_ptr,  # i32[NUM_REQS, MAX_BLOCKS]
     seq_lens_ptr,  # i32[NUM_REQS]
     qsl_ptr,  # i32[NUM_REQS + 1]
-    out_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM], zeroed
+    out_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM], not initialised
+    NUM_TOKENS: tl.constexpr,
     NUM_REQS: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr,
@@ -358,6 +395,10 @@ def ragged_paged_attention_kernel(
     GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
+    _zero_padding_rows(
+        qsl_ptr, out_ptr, pid, kv_head, NUM_TOKENS, NUM_REQS, NUM_Q_HEADS, HEAD_DIM,
+        HEAD_DIM_PAD, BLOCK_Q, BLOCK_M, GROUP,
+    )  # fmt: skip
     req = _find_request(qsl_ptr, pid, NUM_REQS, SEARCH_STEPS, BLOCK_Q)
     q_start = tl.load(qsl_ptr + req)
     q_len = tl.load(qsl_ptr + req + 1) - q_start
