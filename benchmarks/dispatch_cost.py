@@ -17,12 +17,16 @@ side of a call with the device idle, adding one ingredient of a runner step at a
   update XLA makes when an address changed (each call's output is freed before the next, so
   the allocator can hand the next one the same address).
 
-With ``--launches L`` (GPU only), just two programs of ``L`` in-place cache writes each, to
-tell the cost of a node kind in XLA's CUDA graph:
+With ``--launches L`` (GPU only), just three programs of ``L`` chained in-place writes of a
+K/V row each (checked to write the same cache), to tell the cost of a node kind in XLA's
+CUDA graph:
 
-* ``L Triton launches``: the attention wrapper's KV write (``triton_gpu.write_kv_cache``, a
-  Triton kernel through jaxlib's FFI handler, as every layer launches it), chained ``L`` times;
-* ``L XLA updates``: ``L`` chained in-place row updates, each an XLA kernel.
+* ``L FFI Triton``: the attention wrapper's KV write (``triton_gpu.write_kv_cache``, the Triton
+  kernel through jaxlib's FFI handler, as every layer launches it), which XLA records by stream
+  capture as a child-graph node;
+* ``L XLA Triton``: the same kernel handed to XLA's own Triton custom call
+  (``xla_triton_call.py``), which XLA compiles and records as a plain kernel node;
+* ``L XLA updates``: XLA's own dynamic-update-slice kernels.
 
 Then the ``+ K kernels`` call with the device busy, as in serving, where the host launches step
 N+1 while step N still runs:
@@ -192,22 +196,43 @@ def cases(num_weights: int, num_caches: int) -> dict:
 
 
 def launch_cases(num_launches: int) -> dict:
-    """Two programs of ``num_launches`` in-place writes to a small cache: Triton launches of the
-    KV write, and XLA's own dynamic-update-slice kernels."""
+    """Three programs of ``num_launches`` in-place K/V row writes to a small cache, each the
+    same writes: the Triton KV write through jaxlib's FFI handler (as serving launches it), the
+    same kernel through XLA's own Triton custom call (``xla_triton_call.py``), and XLA's own
+    dynamic-update-slice kernels."""
+    from xla_triton_call import xla_triton_call
+
     from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
 
-    cache = [jnp.zeros((2, 64, 16, 1, 64), jnp.bfloat16)]  # [2, blocks, block, kv heads, dim]
+    shape = (2, 64, 16, 1, 64)  # [2, blocks, block, kv heads, dim]: 1024 slots of 64 values
+    cache = [jnp.zeros(shape, jnp.bfloat16)]
     k = jnp.ones((1, 1, 64), jnp.bfloat16)
 
-    def triton_writes(k, slots, cache):
+    def ffi_writes(k, slots, cache):
         for i in range(num_launches):
             cache = triton_gpu.write_kv_cache(k, k, cache, slots + i)
         return cache
 
-    def xla_writes(k, slots, cache):
+    def xla_triton_writes(k, slots, cache):
         for i in range(num_launches):
-            cache = jax.lax.dynamic_update_slice(cache, k[None, None], (0, slots[0] + i, 0, 0, 0))
+            cache = xla_triton_call(
+                triton_gpu.write_kv_kernel,
+                *(k, k, slots + i, cache),
+                out_shape=jax.ShapeDtypeStruct(shape, jnp.bfloat16),
+                grid=(1,),
+                input_output_aliases={3: 0},
+                ROW=64,
+                ROW_PAD=64,
+                NUM_SLOTS=1024,
+            )
         return cache
+
+    def xla_writes(k, slots, cache):
+        rows = cache.reshape(2, 1024, 1, 64)
+        kv = jnp.stack([k, k])  # [2, 1, 1, 64]: the K and V rows of one slot
+        for i in range(num_launches):
+            rows = jax.lax.dynamic_update_slice(rows, kv, (0, slots[0] + i, 0, 0))
+        return rows.reshape(shape)
 
     def keep(new):
         cache[0] = new
@@ -216,14 +241,20 @@ def launch_cases(num_launches: int) -> dict:
     def args():
         return k, jnp.asarray(np.zeros(1, np.int32)), cache[0]
 
-    jitted = {
-        name: jax.jit(fn, donate_argnums=(2,))
-        for name, fn in (
-            (f"{num_launches} Triton launches", triton_writes),
-            (f"{num_launches} XLA updates", xla_writes),
-        )
-    }
-    return {name: (lambda *a, f=f: keep(f(*a)), args) for name, f in jitted.items()}
+    cases = {}
+    for name, fn in (
+        (f"{num_launches} FFI Triton", ffi_writes),
+        (f"{num_launches} XLA Triton", xla_triton_writes),
+        (f"{num_launches} XLA updates", xla_writes),
+    ):
+        jitted = jax.jit(fn, donate_argnums=(2,))
+        # Same writes: from a zero cache, rows 0 .. num_launches - 1 hold ones, K and V.
+        written = np.asarray(jitted(k, jnp.zeros(1, jnp.int32), jnp.zeros(shape, jnp.bfloat16)))
+        rows = written.reshape(2, 1024, 64)
+        if not ((rows[:, :num_launches] == 1).all() and (rows[:, num_launches:] == 0).all()):
+            raise AssertionError(f"{name}: not the expected cache")
+        cases[name] = (lambda *a, f=jitted: keep(f(*a)), args)
+    return cases
 
 
 def main() -> None:
