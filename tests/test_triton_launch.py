@@ -77,8 +77,64 @@ def test_other_custom_calls_are_left_alone():
 
 
 def test_unknown_mode_is_an_error():
-    with pytest.raises(ValueError, match="ffi' or 'legacy"):
+    with pytest.raises(ValueError, match="must be one of"):
         triton_launch.install_launch_lowering("graph")
+
+
+# Run without Triton's interpreter (conftest.py turns it on for the CPU session, and interpreted
+# kernels cannot be compiled): the KV write kernel through mode ``xla``'s rule, lowered for CUDA.
+_XLA_MODE_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
+from vllm_xla_gpu.ops import triton_launch
+from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
+
+num_tokens, shape = 6, (2, 8, 16, 2, 64)  # [2, blocks, block, kv heads, dim]
+prim = Primitive("kv_write_xla_mode")
+prim.def_abstract_eval(lambda *a, **p: a[3])
+types = {"bfloat16": "*bf16", "int32": "*i32"}
+rule = lambda ctx, *args, **params: triton_launch._xla_lowering(
+    lambda aval: types[aval.dtype.name], ctx, *args, **params)
+mlir.register_lowering(prim, rule, platform="cuda")
+kv = jax.ShapeDtypeStruct((num_tokens, 2, 64), jnp.bfloat16)
+args = (kv, kv, jax.ShapeDtypeStruct((num_tokens,), jnp.int32),
+        jax.ShapeDtypeStruct(shape, jnp.bfloat16))
+write = lambda k, v, slots, cache: prim.bind(
+    k, v, slots, cache, fn=triton_gpu.write_kv_kernel, scalar_args=(), grid=(num_tokens,),
+    num_warps=4, num_stages=2, num_ctas=1, compute_capability=90,
+    input_output_aliases=((3, 0),), zeroed_outputs=(), ROW=128, ROW_PAD=128, NUM_SLOTS=128)
+text = jax.jit(write).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+json.dump({"text": text}, sys.stdout)
+"""
+
+
+def test_xla_mode_hands_xla_the_kernels_own_signature(tmp_path):
+    """Mode ``xla`` emits XLA's Triton custom call as XLA's emitter reads it
+    (``EmitTritonCustomCall``): the IR's kernel named in ``name``, taking the call's operands then
+    its results as pointers of their element types, the launch grid, and the cache aliased."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", _XLA_MODE_SCRIPT], env=env, capture_output=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    [line] = [ln for ln in json.loads(run.stdout)["text"].splitlines() if "custom_call" in ln]
+    assert f"@{triton_launch.XLA_TARGET}(" in line
+    assert 'name = "write_kv_kernel"' in line
+    assert "grid_x = 6 : i32, grid_y = 1 : i32, grid_z = 1 : i32" in line
+    assert "num_warps = 4 : i32" in line and "num_stages = 2 : i32" in line
+    assert "operand_index = 3" in line  # the cache: updated in place
+    ir = re.search(r'ir = "(.*?)", name', line).group(1)
+    [signature] = re.findall(r"tt\.func public @write_kv_kernel\((.*?)\) attributes", ir)
+    pointers = re.findall(r"!tt\.ptr<(\w+)>", signature)
+    # k, v, slot_mapping, the cache in, the cache out: the kernel's five pointers, no constexpr.
+    assert pointers == ["bf16", "bf16", "i32", "bf16", "bf16"]
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="lowers the Triton kernel for CUDA")

@@ -17,8 +17,9 @@ Environment variables (all optional):
 ``VLLM_XLA_GPU_COMPILE_THREADS``      programs compiled at once at start-up (default: up to 4).
 ``VLLM_XLA_GPU_TRITON_LAUNCH``        ``ffi`` (default): Triton kernels launch through jaxlib's
                                       typed-FFI handler, which XLA records into its CUDA graphs;
-                                      ``legacy``: jax-triton's own custom call
-                                      (``ops/triton_launch.py``).
+                                      ``legacy``: jax-triton's own custom call; ``xla``
+                                      (experimental): XLA's own Triton custom call, which XLA
+                                      compiles (``ops/triton_launch.py``).
 ``VLLM_XLA_GPU_STAGE_INPUTS``         ``1`` (default): a compiled step copies its transferred inputs
                                       into its own scratch memory before using them; ``0``: it reads
                                       them where they arrived (``runner/transfer.py``, ``stage``).
@@ -69,7 +70,8 @@ def checkpoint_cache_root() -> str:
 
 
 def triton_launch_mode() -> str:
-    """How Triton kernels are launched: ``VLLM_XLA_GPU_TRITON_LAUNCH``, ``ffi`` or ``legacy``."""
+    """How Triton kernels are launched: ``VLLM_XLA_GPU_TRITON_LAUNCH``, ``ffi``, ``legacy`` or
+    ``xla`` (``ops/triton_launch.py``)."""
     return _env("TRITON_LAUNCH", "ffi")
 
 

@@ -17,6 +17,14 @@ keeps jax-triton's lowering (it compiles the kernel and serializes the call) and
 custom call it emits to that handler. ``VLLM_XLA_GPU_TRITON_LAUNCH=legacy`` keeps the legacy
 call, for comparison.
 
+XLA records an FFI call into its graph by stream capture, as a child-graph node
+(``CustomCallCmd::RecordXlaFfiCall`` in XLA's ``command_buffer_cmd.cc``). ``xla`` (experimental,
+not yet run on a GPU) hands XLA the kernel's Triton IR instead, in XLA's own Triton custom call
+``__gpu$xla.gpu.triton`` (what Pallas' Triton backend emitted up to jaxlib 0.10.2): XLA compiles
+the kernel with its own Triton and launches it as an ordinary kernel, a plain node in the
+graph. At batch 1 the graph's launch grew with its node count (docs/performance.md), and this
+is the mode that tests whether the node kind is why.
+
 The rule is registered for jax-triton's primitive on CUDA, so it applies to every
 ``triton_call`` in the process once :func:`install_launch_lowering` has run.
 """
@@ -26,10 +34,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import jax
 from jax.interpreters import mlir
 
 LEGACY_TARGET = "triton_kernel_call"
 FFI_TARGET = "triton_kernel_call_ffi"
+XLA_TARGET = "__gpu$xla.gpu.triton"
+MODES = ("ffi", "legacy", "xla")
 FIRST_JAXLIB_WITH_FFI = (0, 10, 1)
 
 
@@ -60,23 +71,146 @@ def _ffi_lowering(legacy_rule, ctx, *args, **params) -> Sequence[mlir.ir.Value]:
     return results
 
 
+def kernel_ttir(
+    fn,
+    pointer_types: Sequence[str],
+    constants: dict,
+    num_warps: int,
+    num_stages: int,
+    compute_capability: int,
+) -> tuple[str, str]:
+    """``(name, TTIR text)`` of the ``@triton.jit`` function ``fn``, its non-constant arguments
+    the pointers ``pointer_types`` in order (e.g. ``"*bf16"``, each assumed 16-byte aligned, as
+    jax-triton assumes) and ``constants`` its constexprs. Compiles for NVIDIA's
+    ``compute_capability`` with the ``triton`` package; needs no GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, attrs, types = {}, {}, iter(pointer_types)
+    for i, name in enumerate(fn.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+            continue
+        signature[name] = next(types)
+        attrs[(i,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(
+        ASTSource(fn, signature, constants, attrs),
+        target=GPUTarget("cuda", compute_capability, 32),
+        options={"num_warps": num_warps, "num_stages": num_stages},
+    )
+    return compiled.metadata.name, compiled.asm["ttir"]
+
+
+def xla_triton_lowering(
+    ctx, *args, name: str, ttir: str, grid, num_warps: int, num_stages: int, aliases: dict
+) -> Sequence[mlir.ir.Value]:
+    """XLA's own Triton custom call of the kernel ``name`` in ``ttir`` on ``args``.
+
+    The attributes are those Pallas' Triton backend wrote for this target (jaxlib 0.10.2's
+    ``pallas_call_registration.py``), written through ``jax.ffi.ffi_lowering`` (API version 4,
+    attributes in ``mhlo.backend_config``); operands then results are the kernel's pointer
+    arguments, in order."""
+    import numpy as np
+
+    grid = (*grid, 1, 1)[:3]
+    rule = jax.ffi.ffi_lowering(XLA_TARGET, operand_output_aliases=dict(aliases))
+    return rule(
+        ctx,
+        *args,
+        name=name,
+        ir=ttir,
+        num_stages=np.int32(num_stages),
+        num_warps=np.int32(num_warps),
+        grid_x=np.int32(grid[0]),
+        grid_y=np.int32(grid[1]),
+        grid_z=np.int32(grid[2]),
+        debug=False,
+    )
+
+
+def gpu_compute_capability() -> int:
+    """The first GPU's compute capability as an integer (90 for Hopper); 90 without a GPU."""
+    try:
+        return int(jax.devices("gpu")[0].compute_capability.replace(".", ""))
+    except RuntimeError:  # no GPU: lowering only, for Hopper
+        return 90
+
+
+def _xla_lowering(
+    triton_type,
+    ctx,
+    *array_args,
+    fn,
+    scalar_args,
+    grid,
+    num_warps,
+    num_stages,
+    num_ctas,
+    compute_capability,
+    input_output_aliases,
+    zeroed_outputs,
+    name=None,
+    custom_call_target_name=None,
+    out_shapes=None,
+    enable_fp_fusion=None,
+    debug=None,
+    serialized_metadata=None,
+    **metaparams,
+) -> Sequence[mlir.ir.Value]:
+    """jax-triton's launch primitive as XLA's own Triton custom call (mode ``xla``).
+
+    Takes the primitive's parameters as jax-triton's rule does; supports what this package's
+    kernels use: array arguments only, a static grid, no outputs zeroed by the launcher."""
+    del name, custom_call_target_name, out_shapes, enable_fp_fusion, debug, serialized_metadata
+    if scalar_args or zeroed_outputs or num_ctas != 1 or callable(grid):
+        raise NotImplementedError(
+            "Triton launch mode 'xla' takes array arguments, a static grid, one CTA and no "
+            "zeroed outputs"
+        )
+    avals = (*ctx.avals_in, *ctx.avals_out)
+    kernel_name, ttir = kernel_ttir(
+        fn,
+        [triton_type(a) for a in avals],
+        metaparams,
+        4 if num_warps is None else num_warps,
+        3 if num_stages is None else num_stages,
+        compute_capability or gpu_compute_capability(),
+    )
+    return xla_triton_lowering(
+        ctx,
+        *array_args,
+        name=kernel_name,
+        ttir=ttir,
+        grid=(grid,) if isinstance(grid, int) else tuple(grid),
+        num_warps=4 if num_warps is None else num_warps,
+        num_stages=3 if num_stages is None else num_stages,
+        aliases=dict(input_output_aliases),
+    )
+
+
 @functools.cache
 def install_launch_lowering(mode: str = "ffi") -> str:
     """Register the lowering of jax-triton's launches for ``mode``; returns the mode in force.
 
     ``"ffi"`` (the default) emits ``triton_kernel_call_ffi`` when jaxlib has it, else falls back
-    to ``"legacy"``, jax-triton's own rule. Called by the attention wrapper before it traces a
-    launch (lowering rules are looked up when a program is lowered, after tracing); repeated
-    calls with the same mode are free.
+    to ``"legacy"``, jax-triton's own rule; ``"xla"`` emits XLA's own Triton custom call
+    (experimental). Called by the attention wrapper before it traces a launch (lowering rules
+    are looked up when a program is lowered, after tracing); repeated calls with the same mode
+    are free.
     """
-    if mode not in ("ffi", "legacy"):
-        raise ValueError(f"Triton launch mode must be 'ffi' or 'legacy', not {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"Triton launch mode must be one of {MODES}, not {mode!r}")
     from jax._src.lib import version as jaxlib_version
     from jax_triton import triton_lib  # GPU-only dependency (the ``cuda`` extra)
 
     legacy = functools.partial(triton_lib.triton_kernel_call_lowering, triton_lib.get_cuda_backend)
     if mode == "ffi" and tuple(jaxlib_version) < FIRST_JAXLIB_WITH_FFI:
         mode = "legacy"
-    rule = legacy if mode == "legacy" else functools.partial(_ffi_lowering, legacy)
+    rule = {
+        "legacy": legacy,
+        "ffi": functools.partial(_ffi_lowering, legacy),
+        "xla": functools.partial(_xla_lowering, triton_lib.get_triton_type),
+    }[mode]
     mlir.register_lowering(triton_lib.triton_kernel_call_p, rule, platform="cuda")
     return mode
