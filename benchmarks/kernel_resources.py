@@ -111,10 +111,9 @@ def compile_kernel(
 ) -> dict:
     """Compile ``module``'s kernel for ``case`` (with ``config``, ``M,N,WARPS,STAGES``, if
     given) and read its resources off the compiler."""
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
+
+    from vllm_xla_gpu.ops.triton_launch import compile_for_cuda
 
     heads, num_tokens, num_reqs = CASES[case]
     fn = module.ragged_paged_attention_kernel
@@ -127,19 +126,12 @@ def compile_kernel(
         cfg = dataclasses.replace(cfg, block_q=max(1, m // group), block_m=m, block_n=n)
         cfg = dataclasses.replace(cfg, num_warps=warps, num_stages=stages)
     constants = module.kernel_constants(q, kv, md, cfg, heads[2] ** -0.5, None, None)
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constants:
-            signature[name] = "constexpr"
-            continue
-        metadata = any(name.startswith(m) for m in METADATA_POINTERS)
-        signature[name] = "*i32" if metadata else "*bf16"
-        attrs[(i,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(
-        ASTSource(fn, signature, constants, attrs),
-        target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-    )
+    pointers = [
+        "*i32" if any(name.startswith(m) for m in METADATA_POINTERS) else "*bf16"
+        for name in fn.arg_names
+        if name not in constants
+    ]
+    compiled = compile_for_cuda(fn, pointers, constants, cfg.num_warps, cfg.num_stages, arch)
     regs, spill = ptxas_usage(compiled.asm["ptx"], get_ptxas(arch).path, arch)
     shared = int(compiled.metadata.shared)
     return dict(

@@ -71,18 +71,19 @@ def _ffi_lowering(legacy_rule, ctx, *args, **params) -> Sequence[mlir.ir.Value]:
     return results
 
 
-def kernel_ttir(
+def compile_for_cuda(
     fn,
     pointer_types: Sequence[str],
     constants: dict,
     num_warps: int,
     num_stages: int,
     compute_capability: int,
-) -> tuple[str, str]:
-    """``(name, TTIR text)`` of the ``@triton.jit`` function ``fn``, its non-constant arguments
-    the pointers ``pointer_types`` in order (e.g. ``"*bf16"``, each assumed 16-byte aligned, as
-    jax-triton assumes) and ``constants`` its constexprs. Compiles for NVIDIA's
-    ``compute_capability`` with the ``triton`` package; needs no GPU."""
+):
+    """The ``@triton.jit`` function ``fn`` compiled by the ``triton`` package for NVIDIA's
+    ``compute_capability`` (no GPU needed): its non-constant arguments the pointers
+    ``pointer_types`` in order (e.g. ``"*bf16"``, each assumed 16-byte aligned, as jax-triton
+    assumes), ``constants`` its constexprs. Returns Triton's compiled kernel (``.asm`` holds
+    each stage's code, ``.metadata`` its name and shared memory)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -94,10 +95,18 @@ def kernel_ttir(
             continue
         signature[name] = next(types)
         attrs[(i,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(
+    return triton.compile(
         ASTSource(fn, signature, constants, attrs),
         target=GPUTarget("cuda", compute_capability, 32),
         options={"num_warps": num_warps, "num_stages": num_stages},
+    )
+
+
+def kernel_ttir(fn, pointer_types: Sequence[str], constants: dict, num_warps: int,
+                num_stages: int, compute_capability: int) -> tuple[str, str]:  # fmt: skip
+    """``(name, TTIR text)`` of ``fn`` compiled as :func:`compile_for_cuda` does."""
+    compiled = compile_for_cuda(
+        fn, pointer_types, constants, num_warps, num_stages, compute_capability
     )
     return compiled.metadata.name, compiled.asm["ttir"]
 
@@ -163,6 +172,8 @@ def _xla_lowering(
     Takes the primitive's parameters as jax-triton's rule does; supports what this package's
     kernels use: array arguments only, a static grid, no outputs zeroed by the launcher."""
     del name, custom_call_target_name, out_shapes, enable_fp_fusion, debug, serialized_metadata
+    num_warps = 4 if num_warps is None else num_warps  # jax-triton's defaults
+    num_stages = 3 if num_stages is None else num_stages
     if scalar_args or zeroed_outputs or num_ctas != 1 or callable(grid):
         raise NotImplementedError(
             "Triton launch mode 'xla' takes array arguments, a static grid, one CTA and no "
@@ -173,8 +184,8 @@ def _xla_lowering(
         fn,
         [triton_type(a) for a in avals],
         metaparams,
-        4 if num_warps is None else num_warps,
-        3 if num_stages is None else num_stages,
+        num_warps,
+        num_stages,
         compute_capability or gpu_compute_capability(),
     )
     return xla_triton_lowering(
@@ -183,8 +194,8 @@ def _xla_lowering(
         name=kernel_name,
         ttir=ttir,
         grid=(grid,) if isinstance(grid, int) else tuple(grid),
-        num_warps=4 if num_warps is None else num_warps,
-        num_stages=3 if num_stages is None else num_stages,
+        num_warps=num_warps,
+        num_stages=num_stages,
         aliases=dict(input_output_aliases),
     )
 
