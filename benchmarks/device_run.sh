@@ -21,6 +21,10 @@
 #              comes in two halves (.device-assets/gguf-a, gguf-b), one call each (not in the
 #              default set); throughput with TP_MODEL=~/.cache/vllm_xla_gpu/models/SmolLM2-135M-Instruct
 #              then measures the real checkpoint.
+#   nodes      benchmarks/dispatch_cost.py --launches LAUNCHES (default 64): one Triton kernel
+#              through jaxlib's FFI handler, through XLA's own Triton custom call, and XLA's own
+#              kernels, host ms per call; then the Triton kernel tests with
+#              VLLM_XLA_GPU_TRITON_LAUNCH=xla (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -86,6 +90,16 @@ for mode in default ${DISPATCH_MODES-SKIP_TEMP}; do  # DISPATCH_MODES= : the def
 done
 timeout 120 python3 benchmarks/launch_thread.py --json "$out/launch_thread.json" > "$out/launch_thread.log" 2>&1
 echo "launch thread exit $?"; grep -v "WARNING\|INFO" "$out/launch_thread.log" | tail -9
+fi
+
+if [[ $stages == *" nodes "* ]]; then
+step "nodes: a Triton launch as a captured child graph against a plain kernel node"
+timeout 150 python3 benchmarks/dispatch_cost.py --launches "${LAUNCHES:-64}" --json "$out/dispatch_launches.json" \
+  > "$out/dispatch_launches.log" 2>&1
+echo "launches exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_launches.log" | tail -6
+VLLM_XLA_GPU_TRITON_LAUNCH=xla JAX_PLATFORMS=cuda timeout -s ABRT ${KERNEL_TIMEOUT:-300} python3 -P -m pytest -q \
+  -p no:cacheprovider tests/test_ragged_paged_attention_triton.py -k gpu > "$out/kernel_tests_xla_launch.log" 2>&1
+echo "kernel pytest (launch mode xla) exit $?"; grep -E "^FAILED|^E |passed|failed" "$out/kernel_tests_xla_launch.log" | head -8
 fi
 
 if [[ $stages == *" kernel "* ]]; then
