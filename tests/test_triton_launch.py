@@ -106,7 +106,23 @@ write = lambda k, v, slots, cache: prim.bind(
     num_warps=4, num_stages=2, num_ctas=1, compute_capability=90,
     input_output_aliases=((3, 0),), zeroed_outputs=(), ROW=128, ROW_PAD=128, NUM_SLOTS=128)
 text = jax.jit(write).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-json.dump({"text": text}, sys.stdout)
+
+# The attention kernel at a decode-heavy and a prefill step: its TTIR signature.
+from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
+S = jax.ShapeDtypeStruct
+cache, rows = S((2, 32, 16, 2, 64), jnp.bfloat16), S((8,), jnp.int32)
+md = AttentionMetadata(S((64,), jnp.int32), S((8, 4), jnp.int32), rows, S((9,), jnp.int32))
+signatures = []
+for tokens in (8, 64):
+    q = S((tokens, 8, 64), jnp.bfloat16)
+    cfg = triton_gpu.kernel_config(tokens, 8, 4, 64)
+    constants = triton_gpu.kernel_constants(q, cache, md, cfg, 0.125, None, None)
+    pointers = ["*bf16"] * 4 + ["*i32"] * 3 + ["*bf16"]  # q k v cache | tables lens qsl | out
+    name, ttir = triton_launch.kernel_ttir(
+        triton_gpu.ragged_paged_attention_kernel, pointers, constants, cfg.num_warps,
+        cfg.num_stages, 90)
+    signatures.append([name, ttir])
+json.dump({"text": text, "attention": signatures}, sys.stdout)
 """
 
 
@@ -135,6 +151,11 @@ def test_xla_mode_hands_xla_the_kernels_own_signature(tmp_path):
     pointers = re.findall(r"!tt\.ptr<(\w+)>", signature)
     # k, v, slot_mapping, the cache in, the cache out: the kernel's five pointers, no constexpr.
     assert pointers == ["bf16", "bf16", "i32", "bf16", "bf16"]
+    for name, ttir in json.loads(run.stdout)["attention"]:  # decode-heavy, then prefill tiles
+        [signature] = re.findall(rf"tt\.func public @{name}\((.*?)\) attributes", ttir)
+        pointers = re.findall(r"!tt\.ptr<(\w+)>", signature)
+        assert name == "ragged_paged_attention_kernel"
+        assert pointers == ["bf16"] * 4 + ["i32"] * 3 + ["bf16"]
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="lowers the Triton kernel for CUDA")
