@@ -24,7 +24,8 @@
 #   nodes      benchmarks/dispatch_cost.py --launches LAUNCHES (default 64): one Triton kernel
 #              through jaxlib's FFI handler, through XLA's own Triton custom call, and XLA's own
 #              kernels, host ms per call; then the Triton kernel tests with
-#              VLLM_XLA_GPU_TRITON_LAUNCH=xla (not in the default set).
+#              VLLM_XLA_GPU_TRITON_LAUNCH=xla, and attention.py's kernel rows in both launch
+#              modes (NODES_ATTN_ARGS) (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -100,6 +101,13 @@ echo "launches exit $?"; grep -v "WARNING\|INFO" "$out/dispatch_launches.log" | 
 VLLM_XLA_GPU_TRITON_LAUNCH=xla JAX_PLATFORMS=cuda timeout -s ABRT ${KERNEL_TIMEOUT:-300} python3 -P -m pytest -q \
   -p no:cacheprovider tests/test_ragged_paged_attention_triton.py -k gpu > "$out/kernel_tests_xla_launch.log" 2>&1
 echo "kernel pytest (launch mode xla) exit $?"; grep -E "^FAILED|^E |passed|failed" "$out/kernel_tests_xla_launch.log" | head -8
+# XLA builds the kernel with its own Triton in mode xla: the same kernel timed both ways.
+for mode in ffi xla; do
+  VLLM_XLA_GPU_TRITON_LAUNCH=$mode timeout 200 python3 benchmarks/attention.py --impls triton \
+    ${NODES_ATTN_ARGS:---heads 32 8 64 --decode-batch 256 --decode-contexts 2048 4096 --sweep 512} \
+    --json "$out/attention_launch_$mode.json" > "$out/attention_launch_$mode.log" 2>&1
+  echo "attention (launch mode $mode) exit $?"; grep -E "^triton|^sweep" "$out/attention_launch_$mode.log"
+done
 fi
 
 if [[ $stages == *" kernel "* ]]; then
