@@ -35,6 +35,7 @@ import functools
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from jax.interpreters import mlir
 
 LEGACY_TARGET = "triton_kernel_call"
@@ -120,8 +121,6 @@ def xla_triton_lowering(
     ``pallas_call_registration.py``), written through ``jax.ffi.ffi_lowering`` (API version 4,
     attributes in ``mhlo.backend_config``); operands then results are the kernel's pointer
     arguments, in order."""
-    import numpy as np
-
     grid = (*grid, 1, 1)[:3]
     rule = jax.ffi.ffi_lowering(XLA_TARGET, operand_output_aliases=dict(aliases))
     return rule(
