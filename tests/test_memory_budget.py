@@ -25,3 +25,28 @@ def test_step_scratch_covers_logits_and_largest_weight(tiny_checkpoint) -> None:
     with make_llm(tiny_checkpoint("llama"), max_num_seqs=16) as llm:
         scratch, logits, largest_weight = llm.collective_rpc(_scratch_and_bounds)[0]
     assert scratch >= logits + largest_weight
+
+
+GIB = 1 << 30
+
+
+def test_kv_budget_leaves_the_scratch_in_the_largest_free_block() -> None:
+    """On a preallocated pool with holes (the H200 start-up that ran out of memory), the cache
+    and then the scratch must both fit in the largest free block, not in the total free."""
+    from vllm_xla_gpu.worker import KV_HEADROOM_BYTES, kv_cache_budget
+
+    scratch = int(0.84 * GIB)
+    stats = {
+        "bytes_limit": 125 * GIB,
+        "bytes_in_use": 2 * GIB,
+        "pool_bytes": 125 * GIB,
+        "largest_free_block_bytes": 122 * GIB,  # 1 GiB of the free 123 lies in holes
+    }
+    budget = kv_cache_budget(stats, scratch)
+    assert budget + scratch + KV_HEADROOM_BYTES == stats["largest_free_block_bytes"]
+    # A pool still growing: the cache goes into the part not grown yet.
+    growing = {**stats, "pool_bytes": 3 * GIB, "largest_free_block_bytes": 2 << 20}
+    assert kv_cache_budget(growing, scratch) == 122 * GIB - scratch - KV_HEADROOM_BYTES
+    # Without the block's size (older PJRT), all free counts.
+    del stats["largest_free_block_bytes"]
+    assert kv_cache_budget(stats, scratch) == 123 * GIB - scratch - KV_HEADROOM_BYTES

@@ -85,9 +85,8 @@ class XlaGpuWorker(WorkerBase):
     def determine_available_memory(self) -> int:
         """Bytes for the KV cache.
 
-        ``--kv-cache-memory-bytes`` when given. On a device that reports memory: JAX's
-        ``bytes_limit`` (``gpu_memory_utilization`` of the device, see ``init_device``) minus what
-        is in use (weights) minus the scratch of the largest step, from XLA's memory analysis.
+        ``--kv-cache-memory-bytes`` when given. On a device that reports memory: see
+        :func:`kv_cache_budget`, with the scratch of the largest step from XLA's memory analysis.
         On XLA:CPU, which reports none, the stated default (``VLLM_XLA_GPU_CPU_KV_BYTES``).
         """
         explicit = self.cache_config.kv_cache_memory_bytes
@@ -97,18 +96,17 @@ class XlaGpuWorker(WorkerBase):
         if not stats or "bytes_limit" not in stats:
             return self.config.cpu_kv_cache_bytes
         scratch = self.model_runner.step_scratch_bytes()
-        # Headroom for allocator fragmentation and the small per-step transfers.
-        headroom = 256 << 20
-        budget = stats["bytes_limit"] - stats["bytes_in_use"] - scratch - headroom
+        budget = kv_cache_budget(stats, scratch)
         logger.info(
-            "KV-cache budget %.2f GiB = limit %.2f - in use %.2f - step scratch %.2f - %.2f GiB",
+            "KV-cache budget %.2f GiB = free %.2f (largest free block %.2f) - step scratch %.2f "
+            "- %.2f GiB",
             budget / 2**30,
-            stats["bytes_limit"] / 2**30,
-            stats["bytes_in_use"] / 2**30,
+            (stats["bytes_limit"] - stats["bytes_in_use"]) / 2**30,
+            stats.get("largest_free_block_bytes", 0) / 2**30,
             scratch / 2**30,
-            headroom / 2**30,
+            KV_HEADROOM_BYTES / 2**30,
         )
-        return int(budget)
+        return budget
 
     def initialize_from_config(self, kv_cache_config: KVCacheConfig) -> None:
         self.model_runner.initialize_kv_cache(kv_cache_config)
@@ -199,6 +197,31 @@ def _add_default_xla_flags() -> None:
     extra = [f"--{k}={v}" for k, v in _DEFAULT_XLA_FLAGS.items() if f"--{k}=" not in flags]
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+
+
+# Headroom for the small per-step transfers.
+KV_HEADROOM_BYTES = 256 << 20
+
+
+def kv_cache_budget(stats: dict, scratch: int) -> int:
+    """Bytes the KV cache may take, from a device's ``memory_stats()`` and the step scratch.
+
+    JAX's pool (``bytes_limit``: ``gpu_memory_utilization`` of the device, preallocated, see
+    ``init_device``) minus what is in use (weights) minus the steps' ``scratch`` minus
+    :data:`KV_HEADROOM_BYTES`; but counted from the largest free block (or the pool's ungrown
+    rest) when the pool reports one. Start-up leaves freed temporaries as holes between live
+    buffers; the cache's per-layer arrays do not fit in them and go into the largest block, so
+    what is left of that block must still hold the largest step's scratch in one piece (counting
+    the holes as free once
+    ran the sampler's warm-up out of memory with 512-token buckets on an H200).
+    """
+    limit = stats["bytes_limit"]
+    free = limit - stats["bytes_in_use"]
+    largest = stats.get("largest_free_block_bytes")
+    if largest:
+        # A pool that grows (XLA_PYTHON_CLIENT_PREALLOCATE=false) still has its ungrown rest.
+        free = min(free, max(largest, limit - stats.get("pool_bytes", 0)))
+    return int(free - scratch - KV_HEADROOM_BYTES)
 
 
 def _enable_compilation_cache(cache_dir: str | None) -> None:

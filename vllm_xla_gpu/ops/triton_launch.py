@@ -32,6 +32,7 @@ The rule is registered for jax-triton's primitive on CUDA, so it applies to ever
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -96,11 +97,16 @@ def compile_for_cuda(
             continue
         signature[name] = next(types)
         attrs[(i,)] = [["tt.divisibility", 16]]
-    return triton.compile(
-        ASTSource(fn, signature, constants, attrs),
-        target=GPUTarget("cuda", compute_capability, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
-    )
+    source = ASTSource(fn, signature, constants, attrs)
+    target = GPUTarget("cuda", compute_capability, 32)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if triton.knobs.cache.dir:
+        return triton.compile(source, target=target, options=options)
+    # triton.compile always files its output in a cache directory, and with TRITON_CACHE_DIR
+    # set empty (as on some GPU images) it has none: compile into a temporary one instead.
+    with triton.knobs.cache.scope(), tempfile.TemporaryDirectory() as cache_dir:
+        triton.knobs.cache.dir = cache_dir
+        return triton.compile(source, target=target, options=options)
 
 
 def kernel_ttir(fn, pointer_types: Sequence[str], constants: dict, num_warps: int,
