@@ -101,7 +101,7 @@ ARCHITECTURES: dict[str, dict] = {
 def write_random_checkpoint(
     name: str, path: str | pathlib.Path, tokenizer_dir: str | pathlib.Path | None = None
 ) -> pathlib.Path:
-    """Save architecture ``name`` with random bf16 weights to ``path`` (skipped if present).
+    """Save architecture ``name`` with random bf16 weights to ``path`` (skipped if written).
 
     Args:
         name: a key of :data:`ARCHITECTURES`.
@@ -112,7 +112,9 @@ def write_random_checkpoint(
     import transformers
 
     path = pathlib.Path(path)
-    if (path / "config.json").exists():
+    # The marker written last, not config.json: write_config_only leaves a directory with a
+    # config and no weights (--load-format dummy), which vLLM cannot load otherwise.
+    if (path / "random_weights.json").exists():
         return path
     config = transformers.AutoConfig.for_model(**ARCHITECTURES[name])
     torch.manual_seed(0)
