@@ -18,13 +18,13 @@ custom call it emits to that handler. ``VLLM_XLA_GPU_TRITON_LAUNCH=legacy`` keep
 call, for comparison.
 
 XLA records an FFI call into its graph by stream capture, as a child-graph node
-(``CustomCallCmd::RecordXlaFfiCall`` in XLA's ``command_buffer_cmd.cc``). ``xla`` (experimental, off by default) hands XLA the kernel's Triton IR instead, in XLA's own
-Triton custom call ``__gpu$xla.gpu.triton`` (what Pallas' Triton backend emitted up to jaxlib
-0.10.2): XLA compiles the kernel with its own Triton and launches it as an ordinary kernel, a
-plain node in the graph. Measured on an H200 (docs/performance.md, eighth session), the plain
-node saves about 1.9 us of host time per launch, but XLA's Triton builds the attention kernel
-9% (decode) to 20% (prefill) slower than the ``triton`` package does, and compiles it more
-slowly; so ``ffi`` stays the default.
+(``CustomCallCmd::RecordXlaFfiCall`` in XLA's ``command_buffer_cmd.cc``). ``xla`` (experimental,
+off by default) hands XLA the kernel's Triton IR instead, in XLA's own Triton custom call
+``__gpu$xla.gpu.triton`` (what Pallas' Triton backend emitted up to jaxlib 0.10.2): XLA compiles
+the kernel with its own Triton and launches it as an ordinary kernel, a plain node in the graph.
+Measured on an H200 (docs/performance.md, eighth session), the plain node saves about 1.9 us of
+host time per launch, but XLA's Triton builds the attention kernel 9% (decode) to 20% (prefill)
+slower than the ``triton`` package does, and compiles it more slowly; so ``ffi`` stays the default.
 
 The rule is registered for jax-triton's primitive on CUDA, so it applies to every
 ``triton_call`` in the process once :func:`install_launch_lowering` has run.
