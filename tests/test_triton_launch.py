@@ -126,7 +126,7 @@ json.dump({"text": text, "attention": signatures}, sys.stdout)
 """
 
 
-def test_xla_mode_hands_xla_the_kernels_own_signature(tmp_path):
+def test_xla_mode_hands_xla_the_kernels_own_signature():
     """Mode ``xla`` emits XLA's Triton custom call as XLA's emitter reads it
     (``EmitTritonCustomCall``): the IR's kernel named in ``name``, taking the call's operands then
     its results as pointers of their element types, the launch grid, and the cache aliased."""

@@ -212,8 +212,8 @@ def kv_cache_budget(stats: dict, scratch: int) -> int:
     rest) when the pool reports one. Start-up leaves freed temporaries as holes between live
     buffers; the cache's per-layer arrays do not fit in them and go into the largest block, so
     what is left of that block must still hold the largest step's scratch in one piece (counting
-    the holes as free once
-    ran the sampler's warm-up out of memory with 512-token buckets on an H200).
+    the holes as free once ran the sampler's warm-up out of memory with 512-token buckets on an
+    H200).
     """
     limit = stats["bytes_limit"]
     free = limit - stats["bytes_in_use"]
