@@ -18,7 +18,10 @@ real engine over XLA:CPU, with ``async_scheduling=False`` and with vLLM's defaul
 * with the launch thread (the default, ``runner/launch.py``), whose compiled calls run on
   another thread and may still be launching when the runner returns to vLLM, and without it
   (``VLLM_XLA_GPU_LAUNCH_THREAD=0``: each call runs when the runner makes it), every one of
-  these results is the same again.
+  these results is the same again;
+* with three steps in flight (``VLLM_XLA_GPU_STEPS_IN_FLIGHT=3``), two steps' tokens are on the
+  device when a step is prepared, and greedy tokens (through preemption and prefix caching),
+  stop tokens and seeded sampling still equal the synchronous run's and Hugging Face's.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def _runner_counters(worker) -> dict[str, int]:
         "launch_chains": runner.num_launch_chains,
         "launch_chain_s": runner.launch_chain_seconds,
         "launch_chain_split_s": dict(runner.launch_chain_split_seconds),
+        "max_steps_in_flight": runner.max_steps_in_flight,
     }
 
 
@@ -195,3 +199,51 @@ def test_v2_scheduler_protocol_resumes_preempted_requests_like_v1(tiny_checkpoin
     greedy = [i for i, p in enumerate(params) if p.temperature == 0.0]
     expected = hf_greedy(path, [prompts[i] for i in greedy], MAX_TOKENS)
     assert [_tokens(v1_out)[i] for i in greedy] == expected
+
+
+def test_three_steps_in_flight_give_the_same_tokens(tiny_checkpoint, monkeypatch):
+    """``VLLM_XLA_GPU_STEPS_IN_FLIGHT=3``: vLLM's engine schedules step N+3 once step N's
+    tokens are in, so two steps' tokens are still on the device when a step is prepared.
+    Greedy tokens through preemption and prefix caching equal Hugging Face's and the
+    synchronous run's; requests that stop on a
+    stop token (while their next steps are already in flight) beside seeded top-p sampling
+    with logprobs equal the synchronous run."""
+    path = tiny_checkpoint("qwen3")
+    rng = np.random.default_rng(14)
+    shared = rng.integers(3, 500, size=20).tolist()
+    prompts = [shared + rng.integers(3, 500, size=n).tolist() for n in (10, 14, 8, 12, 15, 9)]
+    prompts += [rng.integers(3, 500, size=n).tolist() for n in (40, 3)]
+    greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine = dict(
+        kv_cache_memory_bytes=17 * _block_bytes("qwen3"),
+        enable_prefix_caching=True,
+        disable_log_stats=False,
+    )
+    sync_out, _ = _run(path, prompts, greedy, async_scheduling=False, **engine)
+    _, two = _run(path, prompts, greedy, **engine)
+    expected = hf_greedy(path, prompts, MAX_TOKENS)
+    # Even requests stop on their greedy 7th token (certain to come); odd ones sample.
+    sampled = [
+        SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop_token_ids=[tokens[6]])
+        if i % 2 == 0
+        else SamplingParams(temperature=0.8, seed=i, top_p=0.9, max_tokens=MAX_TOKENS, logprobs=2)
+        for i, tokens in enumerate(expected)
+    ]
+    sync_sampled, _ = _run(path, prompts, sampled, async_scheduling=False)
+    with monkeypatch.context() as m:
+        m.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", "3")
+        three_out, three = _run(path, prompts, greedy, **engine)
+        three_sampled, three_s = _run(path, prompts, sampled)
+
+    assert two["max_steps_in_flight"] == 2
+    for counters in (three, three_s):
+        assert counters["max_steps_in_flight"] == 3 and counters["compiles"] == 0
+    assert three["preemptions"] > 0
+    assert three["early_resolves"] == 0  # greedy: every unknown token came from the device
+    assert _tokens(three_out) == _tokens(sync_out) == expected
+    assert _tokens(three_sampled) == _tokens(sync_sampled)
+    # The even requests stopped on a stop token while later steps were already in flight.
+    stops = [o.outputs[0] for o in three_sampled[::2]]
+    assert all(c.finish_reason == "stop" and len(c.token_ids) <= 7 for c in stops)
+    for a, s in zip(three_sampled, sync_sampled, strict=True):
+        _assert_same_logprobs(a, s)  # on a GPU the steps' buckets differ between the runs

@@ -34,6 +34,9 @@ Environment variables (all optional):
                                       launched in turn, so a launch does not update the CUDA graph
                                       still running (``runner/precompile.py``, ``loaded_copies``);
                                       default 1 (2 measured no faster in serving, 2026-11-28).
+``VLLM_XLA_GPU_STEPS_IN_FLIGHT``      steps vLLM's engine keeps in flight under async scheduling
+                                      (default 2, vLLM's own; 3 lets the host work for a step
+                                      overlap two device steps: ``steps_in_flight.py``).
 ``VLLM_XLA_GPU_CACHE``                root of converted checkpoints (default
                                       ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``         KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -73,6 +76,12 @@ def triton_launch_mode() -> str:
     """How Triton kernels are launched: ``VLLM_XLA_GPU_TRITON_LAUNCH``, ``ffi``, ``legacy`` or
     ``xla`` (``ops/triton_launch.py``)."""
     return _env("TRITON_LAUNCH", "ffi")
+
+
+def configured_steps_in_flight() -> int:
+    """Steps vLLM's engine keeps in flight under async scheduling:
+    ``VLLM_XLA_GPU_STEPS_IN_FLIGHT``, default 2 (``steps_in_flight.py``)."""
+    return max(2, int(_env("STEPS_IN_FLIGHT", "2")))
 
 
 def default_compilation_cache_dir() -> str | None:

@@ -94,6 +94,11 @@ class XlaGpuPlatform(Platform):
         _reject_unsupported(vllm_config)
         from vllm.config import CompilationMode, CUDAGraphMode
 
+        from vllm_xla_gpu import steps_in_flight
+        from vllm_xla_gpu.config import configured_steps_in_flight
+
+        steps_in_flight.install(configured_steps_in_flight())
+
         parallel = vllm_config.parallel_config
         parallel.worker_cls = WORKER
         parallel.distributed_executor_backend = "uni"
@@ -127,9 +132,14 @@ class XlaGpuPlatform(Platform):
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import SamplingParams
 
+        from vllm_xla_gpu.config import configured_steps_in_flight
+
         if not isinstance(params, SamplingParams):
             raise VLLMValidationError("Pooling requests are not supported by the XLA backend yet.")
         unsupported = _unsupported_sampling_options(params)
+        if params.structured_outputs is not None and configured_steps_in_flight() > 2:
+            # vLLM's grammar bitmask would miss the tokens of one step in flight.
+            unsupported.append("structured outputs with VLLM_XLA_GPU_STEPS_IN_FLIGHT above 2")
         if unsupported:
             raise VLLMValidationError(
                 "The XLA backend does not support these sampling options yet: "

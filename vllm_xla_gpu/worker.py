@@ -27,8 +27,9 @@ from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheSpec
 from vllm.v1.outputs import AsyncModelRunnerOutput, ModelRunnerOutput
 from vllm.v1.worker.worker_base import CompilationTimes, WorkerBase
 
+from vllm_xla_gpu import steps_in_flight
 from vllm_xla_gpu.compat import patch_torch_accelerator
-from vllm_xla_gpu.config import XlaGpuConfig
+from vllm_xla_gpu.config import XlaGpuConfig, configured_steps_in_flight
 from vllm_xla_gpu.runner.model_runner import XlaGpuModelRunner
 
 logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
@@ -49,6 +50,9 @@ class XlaGpuWorker(WorkerBase):
         super().__init__(vllm_config, local_rank, rank, distributed_init_method, is_driver_worker)
         self.config = XlaGpuConfig.from_vllm_config(vllm_config)
         self.model_runner: XlaGpuModelRunner | None = None
+        # The engine core reads the depth after it built its executor (and so this worker),
+        # in its own process: the front end's change to vLLM's config class is not there.
+        steps_in_flight.install(configured_steps_in_flight())
 
     def init_device(self) -> None:
         """Start JAX on its default device and set up vLLM's (trivial) distributed state."""

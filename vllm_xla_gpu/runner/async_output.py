@@ -2,7 +2,8 @@
 
 With ``--async-scheduling`` vLLM's engine schedules step N+1 and calls ``execute_model`` for it
 before it collects step N's output (``EngineCore.step_with_batch_queue``, two batches in
-flight), so the host prepares N+1 while the device still runs N. The runner's part:
+flight; three with ``VLLM_XLA_GPU_STEPS_IN_FLIGHT=3``, ``steps_in_flight.py``), so the host
+prepares N+1 while the device still runs N. The runner's part:
 
 * ``sample_tokens`` returns an :class:`AsyncXlaModelRunnerOutput` instead of a
   ``ModelRunnerOutput``. It starts the device-to-host copy of the sampled ids

@@ -182,6 +182,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # device's step time means the host keeps up; near zero means the host is the limit.
         self.token_wait_seconds = 0.0
         self.num_resolved_outputs = 0
+        # Most outputs vLLM had yet to collect at once (its batch queue's depth, when full).
+        self.max_steps_in_flight = 0
         # Host seconds from a step's tokens reaching the host to the launch of the next step
         # scheduled after them (``launch_chain_seconds``), over how many such steps. Under
         # async scheduling vLLM schedules step N+2 only once step N's tokens are in, while N+1
@@ -384,6 +386,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         if not self.async_scheduling:
             return output.get_output()
         self._unresolved.append(output)
+        self.max_steps_in_flight = max(self.max_steps_in_flight, len(self._unresolved))
         return output
 
     def _prompt_logprobs(self, step: _PendingStep) -> dict[str, LogprobsTensors | None]:
@@ -468,8 +471,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         """Point each input token the host does not know yet (a placeholder) at its row of the
         previous step's sampled ids, which stay on the device; return those ids.
 
-        vLLM's engine collects step N-1's output before it schedules step N+1, so only step
-        N's tokens can be unknown here; anything else is resolved first (a sync)."""
+        A request in step N too reads its token from step N's ids. One that sat out step N
+        while an earlier step's token is still unknown (with vLLM's two steps in flight the
+        engine collected step N-1's output first, so this needs a third:
+        ``steps_in_flight.py``) is resolved first (a sync)."""
         num_tokens = int(num_scheduled.sum())
         input_ids = inputs.input_ids[:num_tokens]
         unknown = input_ids < 0

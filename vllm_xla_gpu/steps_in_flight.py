@@ -1,0 +1,50 @@
+"""How many steps vLLM's engine keeps in flight under async scheduling.
+
+vLLM's engine core runs async scheduling through a queue of ``VllmConfig.max_concurrent_batches``
+steps (``EngineCore.step_with_batch_queue``): 2 with one pipeline stage. With 2, the engine
+schedules step N+2 only after step N's tokens reached the host, so the chain of host work from
+those tokens to step N+2's launch (vLLM's output handling and scheduler, the runner, XLA's
+launch: C) and the device's step (D) alternate, and a step takes about (C + D) / 2 whenever C is
+the longer (docs/performance.md, "The batch-1 chain, measured"). With 3, step N+3 waits for N's
+tokens instead, and a step takes the longest of D, the launch (on the runner's launch thread)
+and the engine's own Python per step, as long as C < 2 D.
+
+Measured on H200s (docs/performance.md, ninth session): Llama-3.2-1B at batch 1 took 1.56 ms a
+token against 1.76 (medians of six and five runs, on three machines; lower in every call), its
+128/128 throughput moved within the spread between runs, and Qwen3-0.6B, whose launch (2.0 ms)
+is longer than its device step, gained nothing.
+
+vLLM's scheduler already tracks several in-flight steps per request (its output placeholders,
+which pipeline parallelism uses), and the runner reads every unknown input token from the
+previous step's sampled ids on the device. Two things change with a third step: a request that
+stops (EOS, a stop string) can be computed for one more step, whose token vLLM drops; and a
+structured-output request cannot be served, because vLLM computes its grammar bitmask from the
+steps whose output it has collected, which would leave one step's tokens out. The platform
+refuses such requests then (``XlaGpuPlatform.validate_request``), which is why 3 is not the
+default.
+
+``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` (default 2, vLLM's own) sets the depth. Anything above 2 replaces
+the ``max_concurrent_batches`` property of vLLM's config class in each process that loads the
+platform, for single-stage async scheduling only.
+"""
+
+from __future__ import annotations
+
+from vllm.config import VllmConfig
+
+_vllm_max_concurrent_batches = VllmConfig.max_concurrent_batches
+
+
+def install(steps: int) -> None:
+    """Have async scheduling with one pipeline stage keep ``steps`` steps in flight."""
+    if steps <= 2:
+        VllmConfig.max_concurrent_batches = _vllm_max_concurrent_batches
+        return
+
+    def max_concurrent_batches(self: VllmConfig) -> int:
+        single_stage = self.parallel_config.pipeline_parallel_size == 1
+        if self.scheduler_config.async_scheduling and single_stage:
+            return steps
+        return _vllm_max_concurrent_batches.fget(self)
+
+    VllmConfig.max_concurrent_batches = property(max_concurrent_batches)
