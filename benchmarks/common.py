@@ -108,6 +108,8 @@ def worker_stats(worker: Any) -> dict:
         stats["early_resolves"] = runner.num_early_resolves
         stats["token_wait_s"] = runner.token_wait_seconds
         stats["resolved_outputs"] = runner.num_resolved_outputs
+        # The engine's steps in flight (its batch queue, when full).
+        stats["max_steps_in_flight"] = runner.max_steps_in_flight
         stats["token_wait_ms_per_output"] = token_wait_ms_per_step(
             {"token_wait_s": 0.0, "resolved_outputs": 0}, stats
         )

@@ -32,9 +32,10 @@
 #                    the checkpoint TP_MODEL, with TP_ARGS (e.g. "--workloads 128/128 --restart");
 #   throughput-cuda  the same with vLLM's own CUDA build, installed from .baseline/ (install.sh a, b,
 #                    c) into ${VLLM_CUDA_SITE:-~/.cache/vllm-cuda}; this plugin steps aside.
-#   throughput-ab    this backend as is (A) and with TP_AB_ENV=VAR=VALUE set (B), run A B B A,
+#   throughput-ab    this backend as is (A) and with TP_AB_ENV="VAR=VALUE ..." set (B), run A B B A,
 #                    after one untimed engine start that warms the compilation cache
-#                    (TP_AB_WARM=0 skips it).
+#                    (TP_AB_WARM=0 skips it); TP_AB_RUNS sets another order, where runs named
+#                    c* take TP_C_ENV instead (a third variant).
 #   throughput-flags this backend as is, with each XLA flag of TP_FLAGS, and as is again.
 #   Each writes $OUT/throughput_<backend>_<arch>[_TP_TAG].json for benchmarks/compare.py.
 #   TP_TIMEOUT bounds each run (default 570 s): on a fresh machine the first Llama-3.2-1B
@@ -202,15 +203,16 @@ fi
 if [[ $stages == *" throughput-ab "* ]]; then
 # Run order biased earlier pairs (the first run of a call was faster at batch 1 even where the
 # change cannot act), so a pair runs A, B, B, A: A as is, B with TP_AB_ENV (one VAR=VALUE).
-step "throughput A/B: A as is, B with ${TP_AB_ENV:?set TP_AB_ENV=VAR=VALUE}; order A B B A"
+step "throughput A/B: A as is, B with ${TP_AB_ENV:?set TP_AB_ENV=VAR=VALUE}${TP_C_ENV:+, C with $TP_C_ENV}; order ${TP_AB_RUNS:-a1 b1 b2 a2}"
 tag=${TP_TAG:-ab}
 if [ "${TP_AB_WARM:-1}" = 1 ]; then
   # One engine start first, so that every timed run finds the compilation cache warm (on a
   # fresh machine A's first run would otherwise also compile every bucket cold).
   TP_TAG=${tag}_warm TP_ARGS="${TP_ARGS:-} --startup-only" throughput xla
 fi
-for run in a1 b1 b2 a2; do
-  if [[ $run == b* ]]; then (export "$TP_AB_ENV"; TP_TAG=${tag}_$run throughput xla)
+for run in ${TP_AB_RUNS:-a1 b1 b2 a2}; do
+  if [[ $run == b* ]]; then (export $TP_AB_ENV; TP_TAG=${tag}_$run throughput xla)
+  elif [[ $run == c* ]]; then (export ${TP_C_ENV:?set TP_C_ENV for c runs}; TP_TAG=${tag}_$run throughput xla)
   else TP_TAG=${tag}_$run throughput xla; fi
 done
 fi

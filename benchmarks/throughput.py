@@ -434,7 +434,7 @@ def print_report(r: dict) -> None:
         print(
             f"host waited {s['token_wait_ms_per_output']:.2f} ms per step for sampled tokens; "
             f"early resolves {s['early_resolves']}, steps with device tokens "
-            f"{s['steps_with_device_tokens']}"
+            f"{s['steps_with_device_tokens']}; steps in flight {s.get('max_steps_in_flight')}"
         )
     if r["restart"]:
         for label in ("cold", "warm"):
