@@ -97,7 +97,14 @@ class XlaGpuPlatform(Platform):
         from vllm_xla_gpu import steps_in_flight
         from vllm_xla_gpu.config import configured_steps_in_flight
 
-        steps_in_flight.install(configured_steps_in_flight())
+        steps = configured_steps_in_flight()
+        steps_in_flight.install(steps)
+        if steps > 2 and vllm_config.scheduler_config.async_scheduling:
+            logger.info(
+                "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); "
+                "structured-output requests are refused",
+                steps,
+            )
 
         parallel = vllm_config.parallel_config
         parallel.worker_cls = WORKER
