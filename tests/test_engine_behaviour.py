@@ -89,23 +89,6 @@ def test_unsupported_request_option_is_refused_and_engine_keeps_serving(tiny_che
     assert [list(out[0].outputs[0].token_ids)] == hf_greedy(path, [prompt], GREEDY.max_tokens)
 
 
-def test_structured_output_is_refused_only_with_three_steps_in_flight(monkeypatch):
-    """vLLM computes a structured-output request's grammar bitmask from the tokens of every
-    step in flight but the newest; with a third step in flight one step's tokens would be
-    missing, so the platform refuses such requests then (and only then)."""
-    from vllm.sampling_params import StructuredOutputsParams
-
-    from vllm_xla_gpu.platform import XlaGpuPlatform
-
-    params = SamplingParams(structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
-    XlaGpuPlatform.validate_request(None, params)  # vLLM's two steps: accepted
-    XlaGpuPlatform.validate_request(None, GREEDY)
-    monkeypatch.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", "3")
-    with pytest.raises(VLLMValidationError, match="structured outputs with VLLM_XLA_GPU_STEPS"):
-        XlaGpuPlatform.validate_request(None, params)
-    XlaGpuPlatform.validate_request(None, GREEDY)
-
-
 @pytest.mark.parametrize(
     "option, named",
     [

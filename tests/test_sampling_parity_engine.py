@@ -255,7 +255,10 @@ def test_structured_output_parses(llm):
     params = [structured(i, t, **k) for i, k in enumerate(kinds) for t in (0.0, 1.0)]
     prompts = prompts_of([7] * len(params), seed=5)
     completions, _ = generate(llm, prompts, params)
+    _structured_texts_valid(llm, params, completions)
 
+
+def _structured_texts_valid(llm, params, completions) -> None:
     tokenizer = llm.get_tokenizer()
     for p, completion in zip(params, completions, strict=True):
         # The sampled tokens' own text: vLLM's incremental detokenizer may prefix the first
@@ -309,5 +312,37 @@ def test_greedy_same_alone_and_in_mixed_batch(llm):
 
 
 def test_nothing_compiled_after_warmup(llm):
-    """Runs last in this module: every request above was served by the precompiled set."""
+    """Runs after every test on the module's engine: each request above was served by the
+    precompiled set."""
     assert compiles_since_warmup(llm) == 0
+
+
+# ---- three steps in flight (after the check above: this builds its own engine, whose
+# start-up compilations the module engine's guard would count) ------------------------------
+
+
+def _steps_in_flight(worker) -> int:
+    return worker.model_runner.max_steps_in_flight
+
+
+def test_structured_output_parses_with_three_steps_in_flight(model_dir, monkeypatch):
+    """``VLLM_XLA_GPU_STEPS_IN_FLIGHT=3``: structured-output requests whose prompts are
+    prefilled in chunks while plain requests decode (so the engine's queue is full when they
+    start sampling) still follow their grammars. Without the platform's scheduler, which spaces
+    such requests' decodes, vLLM computes a bitmask without the previous step's token and ends
+    the request with an error."""
+    kinds = [dict(json=JSON_SCHEMA), dict(regex=REGEX), dict(choice=CHOICE)]
+    monkeypatch.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", "3")
+    structured_config = {"backend": "xgrammar", "disable_any_whitespace": True}
+    with make_llm(
+        model_dir, skip_tokenizer_init=False, structured_outputs_config=structured_config
+    ) as llm:
+        for round_ in range(3):
+            params = [greedy(40, ignore_eos=True)] * 2
+            params += [structured(i, t, **k) for i, k in enumerate(kinds) for t in (0.0, 1.0)]
+            prompts = prompts_of([5, 5] + [20] * 6, seed=20 + round_)
+            completions, _ = generate(llm, prompts, params)
+            _structured_texts_valid(llm, params[2:], completions[2:])
+            assert all(len(c.token_ids) == 40 for c in completions[:2])
+        assert llm.collective_rpc(_steps_in_flight)[0] == 3
+        assert compiles_since_warmup(llm) == 0

@@ -99,11 +99,20 @@ class XlaGpuPlatform(Platform):
 
         steps = configured_steps_in_flight()
         steps_in_flight.install(steps)
-        if steps > 2 and vllm_config.scheduler_config.async_scheduling:
+        scheduler = vllm_config.scheduler_config
+        if steps > 2 and scheduler.async_scheduling:
+            if scheduler.scheduler_cls not in (None, steps_in_flight.SCHEDULER):
+                raise NotImplementedError(
+                    "VLLM_XLA_GPU_STEPS_IN_FLIGHT above 2 needs the XLA backend's scheduler "
+                    f"({steps_in_flight.SCHEDULER}), not {scheduler.scheduler_cls}."
+                )
+            # It spaces structured-output requests' decodes, whose grammar bitmasks need it.
+            scheduler.scheduler_cls = steps_in_flight.SCHEDULER
             logger.info(
                 "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); "
-                "structured-output requests are refused",
+                "structured-output requests decode every %d steps",
                 steps,
+                steps - 1,
             )
 
         parallel = vllm_config.parallel_config
@@ -139,14 +148,9 @@ class XlaGpuPlatform(Platform):
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import SamplingParams
 
-        from vllm_xla_gpu.config import configured_steps_in_flight
-
         if not isinstance(params, SamplingParams):
             raise VLLMValidationError("Pooling requests are not supported by the XLA backend yet.")
         unsupported = _unsupported_sampling_options(params)
-        if params.structured_outputs is not None and configured_steps_in_flight() > 2:
-            # vLLM's grammar bitmask would miss the tokens of one step in flight.
-            unsupported.append("structured outputs with VLLM_XLA_GPU_STEPS_IN_FLIGHT above 2")
         if unsupported:
             raise VLLMValidationError(
                 "The XLA backend does not support these sampling options yet: "

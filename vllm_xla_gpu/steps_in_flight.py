@@ -16,21 +16,28 @@ is longer than its device step, gained nothing.
 
 vLLM's scheduler already tracks several in-flight steps per request (its output placeholders,
 which pipeline parallelism uses), and the runner reads every unknown input token from the
-previous step's sampled ids on the device. Two things change with a third step: a request that
-stops (EOS, a stop string) can be computed for one more step, whose token vLLM drops; and a
-structured-output request cannot be served, because vLLM computes its grammar bitmask from the
-steps whose output it has collected, which would leave one step's tokens out. The platform
-refuses such requests then (``XlaGpuPlatform.validate_request``), which is why 3 is not the
-default.
+previous step's sampled ids on the device. Two things change with a third step. A request that
+stops (EOS, a stop string) can be computed for one more step, whose token vLLM drops. And a
+structured-output request must not be in two consecutive steps: vLLM computes a step's grammar
+bitmask once it has collected the oldest step in flight, so the tokens of the step just before
+would be missing (the grammar then rejects a sampled token and vLLM ends the request with an
+error). :class:`SpacedStructuredOutputScheduler`, vLLM's async scheduler with such requests'
+decodes spaced by the steps in flight less one (the mechanism vLLM's own schedulers use for
+pipeline parallelism and diffusion models), serves them at that depth; they then decode every
+other step.
 
 ``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` (default 2, vLLM's own) sets the depth. Anything above 2 replaces
 the ``max_concurrent_batches`` property of vLLM's config class in each process that loads the
-platform, for single-stage async scheduling only.
+platform, for single-stage async scheduling only, and the platform picks that scheduler.
 """
 
 from __future__ import annotations
 
 from vllm.config import VllmConfig
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
+
+SCHEDULER = "vllm_xla_gpu.steps_in_flight.SpacedStructuredOutputScheduler"
 
 _vllm_max_concurrent_batches = VllmConfig.max_concurrent_batches
 
@@ -48,3 +55,22 @@ def install(steps: int) -> None:
         return _vllm_max_concurrent_batches.fget(self)
 
     VllmConfig.max_concurrent_batches = property(max_concurrent_batches)
+
+
+class SpacedStructuredOutputScheduler(AsyncScheduler):
+    """vLLM's async scheduler, with each structured-output request's decodes spaced so that the
+    engine has collected a request's last step whenever it computes the request's next grammar
+    bitmask: after a step that sampled for it, the request waits ``max_concurrent_batches - 1``
+    scheduling steps (none with vLLM's two steps in flight)."""
+
+    def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
+        super()._update_after_schedule(scheduler_output)
+        spacing = self.vllm_config.max_concurrent_batches - 1
+        for req_id in scheduler_output.num_scheduled_tokens:
+            request = self.requests[req_id]
+            if request.use_structured_output and not request.is_prefill_chunk:
+                # The engine collects the step ``spacing`` steps back (the oldest in flight)
+                # before it computes the bitmask of a step that needs it.
+                request.next_decode_eligible_step = max(
+                    request.next_decode_eligible_step, self.current_step + spacing
+                )
