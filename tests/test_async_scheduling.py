@@ -90,22 +90,29 @@ def _run_without_launch_thread(monkeypatch, path, prompts, params, **engine):
         return _run(path, prompts, params, **engine)
 
 
-def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
-    tiny_checkpoint, monkeypatch
-):
-    path = tiny_checkpoint("qwen3")
-    rng = np.random.default_rng(11)
-    shared = rng.integers(3, 500, size=20).tolist()  # one full block of 16 is shared
+def _preempting_workload(seed: int) -> tuple[list[list[int]], dict]:
+    """Eight prompts (six share a 20-token prefix, one full block of 16) and the Qwen3 engine
+    options that preempt some of them and chunk the longest: 17 blocks of 16 tokens, where 8
+    requests of ~32 + 12 tokens need ~24, and 32 tokens a step, which chunks the 40-token
+    prompt and mixes prefills with decodes."""
+    rng = np.random.default_rng(seed)
+    shared = rng.integers(3, 500, size=20).tolist()
     prompts = [shared + rng.integers(3, 500, size=n).tolist() for n in (10, 14, 8, 12, 15, 9)]
     prompts += [rng.integers(3, 500, size=n).tolist() for n in (40, 3)]
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    # 17 blocks of 16 tokens: 8 requests of ~32 + 12 tokens need ~24, so some are preempted;
-    # 32 tokens a step chunks the 40-token prompt and mixes prefills with decodes.
     engine = dict(
         kv_cache_memory_bytes=17 * _block_bytes("qwen3"),
         enable_prefix_caching=True,
         disable_log_stats=False,
     )
+    return prompts, engine
+
+
+def test_greedy_matches_hf_and_sync_through_preemption_and_prefix_cache(
+    tiny_checkpoint, monkeypatch
+):
+    path = tiny_checkpoint("qwen3")
+    prompts, engine = _preempting_workload(seed=11)
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     sync_out, sync = _run(path, prompts, params, async_scheduling=False, **engine)
     async_out, default = _run(path, prompts, params, **engine)
     direct_out, direct = _run_without_launch_thread(monkeypatch, path, prompts, params, **engine)
@@ -209,16 +216,8 @@ def test_three_steps_in_flight_give_the_same_tokens(tiny_checkpoint, monkeypatch
     stop token (while their next steps are already in flight) beside seeded top-p sampling
     with logprobs equal the synchronous run."""
     path = tiny_checkpoint("qwen3")
-    rng = np.random.default_rng(14)
-    shared = rng.integers(3, 500, size=20).tolist()
-    prompts = [shared + rng.integers(3, 500, size=n).tolist() for n in (10, 14, 8, 12, 15, 9)]
-    prompts += [rng.integers(3, 500, size=n).tolist() for n in (40, 3)]
+    prompts, engine = _preempting_workload(seed=14)
     greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    engine = dict(
-        kv_cache_memory_bytes=17 * _block_bytes("qwen3"),
-        enable_prefix_caching=True,
-        disable_log_stats=False,
-    )
     sync_out, _ = _run(path, prompts, greedy, async_scheduling=False, **engine)
     _, two = _run(path, prompts, greedy, **engine)
     expected = hf_greedy(path, prompts, MAX_TOKENS)
