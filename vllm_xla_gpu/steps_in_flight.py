@@ -63,9 +63,14 @@ class SpacedStructuredOutputScheduler(AsyncScheduler):
     bitmask: after a step that sampled for it, the request waits ``max_concurrent_batches - 1``
     scheduling steps (none with vLLM's two steps in flight)."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The worker installed the depth before the engine core built its scheduler.
+        self.structured_output_spacing = self.vllm_config.max_concurrent_batches - 1
+
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
         super()._update_after_schedule(scheduler_output)
-        spacing = self.vllm_config.max_concurrent_batches - 1
+        spacing = self.structured_output_spacing
         for req_id in scheduler_output.num_scheduled_tokens:
             request = self.requests[req_id]
             if request.use_structured_output and not request.is_prefill_chunk:
