@@ -210,3 +210,32 @@ def test_kernel_resources_compiles_the_serving_kernel(tmp_path):
     assert row["programs_per_sm"] == kernel_resources.programs_per_sm(
         row["regs"], row["shared"], cfg.num_warps
     )
+
+
+def test_step_call_sums_host_runtime_events_per_call():
+    """``step_call.host_events_per_call`` against sums by hand: two calls' XLA and driver
+    events, with the device's timeline and the Python tracer's events left out."""
+    from step_call import host_events_per_call
+
+    meta = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 9, "args": {"name": "/device:GPU:0"}},
+    ]
+
+    def event(name, dur_us, pid=1):
+        return {"ph": "X", "name": name, "dur": dur_us, "pid": pid}
+
+    call = [
+        event("CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)", 900),
+        event("cuGraphLaunch (CudaGraph:3)", 400),
+        event("Thunks::Initialize", 150),
+        event("Thunks::Initialize", 50),
+        event("gemm_fusion_dot", 30, pid=9),  # a kernel on the device: not host time
+        event("$runner.py:520 _call_model_step", 1200),  # the Python tracer
+        event("model_runner.py:520 _call_model_step", 1200),
+    ]
+    assert host_events_per_call(meta + call + call, calls=2) == {
+        "CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)": 900.0,
+        "cuGraphLaunch (CudaGraph:3)": 400.0,
+        "Thunks::Initialize": 200.0,
+    }
