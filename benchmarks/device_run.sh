@@ -5,6 +5,7 @@
 #   kernel     the Triton kernel and torch-op tests on the GPU;
 #   tests      the token-exact greedy tests on the GPU (float32, full-precision dots), with the
 #              default (kernel) attention, and the async-scheduling tests (launch thread too);
+#              TESTS_FILES replaces that list of test files, PYTEST_K selects tests;
 #   main       the main job's code path: SmolLM2's architecture and real tokenizer, random weights
 #              (the GPU machine has no network, and the real weights are too large to carry);
 #   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
@@ -123,9 +124,9 @@ fi
 
 if [[ $stages == *" tests "* ]]; then
 step "tests: greedy token-exact on the GPU"
-JAX_PLATFORMS=cuda timeout ${TESTS_TIMEOUT:-420} python3 -P -m pytest -q -p no:cacheprovider tests/test_generate_matches_hf.py \
-  tests/test_engine_behaviour.py tests/test_async_scheduling.py ${PYTEST_K:+-k "$PYTEST_K"} \
-  > "$out/gpu_tests.log" 2>&1
+JAX_PLATFORMS=cuda timeout ${TESTS_TIMEOUT:-420} python3 -P -m pytest -q -p no:cacheprovider \
+  ${TESTS_FILES:-tests/test_generate_matches_hf.py tests/test_engine_behaviour.py tests/test_async_scheduling.py} \
+  ${PYTEST_K:+-k "$PYTEST_K"} > "$out/gpu_tests.log" 2>&1
 echo "pytest exit $?"; grep -E "passed|failed|error" "$out/gpu_tests.log" | tail -3
 fi
 
