@@ -33,8 +33,12 @@ from typing import Any
 # process takes a shorter interval when it has a launch thread. The cost: every other thread
 # (vLLM's engine-core output thread too) can then cut into vLLM's scheduler as often. On an
 # H100 at 256 requests the engine's thread waited 1.2 ms of a 7.1 ms step with the thread and
-# 0.4 ms without it (docs/performance.md, 2026-11-28, fifth session);
-# ``VLLM_XLA_GPU_SWITCH_INTERVAL_MS`` sets the interval for a comparison.
+# 0.4 ms without it (docs/performance.md, 2026-11-28, fifth session). The call itself waits
+# for the GIL several times (jax lets it go around XLA's launch, each numpy transfer and each
+# array freed): beside a busy Python thread the 1B's call took 1.6-2.2 ms against 0.7-1.0 alone
+# (``benchmarks/step_call.py``). Yet 0.02 ms made batch 1 slower in serving (vLLM's Python was
+# interrupted more) and 1 ms no faster (tenth session); ``VLLM_XLA_GPU_SWITCH_INTERVAL_MS``
+# sets the interval for a comparison.
 SWITCH_INTERVAL_S = 1e-4
 
 
