@@ -1,4 +1,5 @@
-"""Helpers shared by the end-to-end benchmarks (``decode.py``, ``throughput.py``).
+"""Helpers shared by the end-to-end benchmarks (``decode.py``, ``throughput.py``, and the
+in-process ``profile_step.py`` and ``step_call.py``).
 
 Role: turn a running engine (``vllm.LLM``) and a model directory into timings, the bytes one
 decode step reads, and model-bandwidth utilisation (MBU). Nothing here imports vLLM or this
@@ -21,6 +22,25 @@ from typing import Any
 H100_COPY_BANDWIDTH = 2.9e12
 # Bytes per element of the dtypes a benchmark may ask vLLM for (``--dtype``).
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+
+def add_model_arguments(
+    p: argparse.ArgumentParser, architectures: list[str], max_model_len: int, max_tokens: int
+) -> None:
+    """The checkpoint and engine-size options of the in-process scripts (``profile_step.py``,
+    ``step_call.py``), which take their engine from ``throughput.start_engine``: an
+    architecture of ``architectures`` or a checkpoint, and the engine's limits, with
+    ``max_model_len`` and ``max_tokens`` (``--max-num-batched-tokens``) as defaults."""
+    p.add_argument("--arch", choices=architectures, default="llama-3.2-1b")
+    p.add_argument("--model", help="a checkpoint directory instead of --arch")
+    p.add_argument("--model-dir", help="where --arch is written (default /tmp/vxg-ARCH)")
+    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
+    p.add_argument("--max-model-len", type=int, default=max_model_len)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=max_tokens)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

@@ -55,16 +55,7 @@ from architectures import ARCHITECTURES  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="llama-3.2-1b")
-    p.add_argument("--model", help="a checkpoint directory instead of --arch")
-    p.add_argument("--model-dir", help="where --arch is written (default /tmp/vxg-ARCH)")
-    p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
-    p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=512)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
+    common.add_model_arguments(p, sorted(ARCHITECTURES), max_model_len=1024, max_tokens=512)
     p.add_argument("--calls", type=int, default=200, help="timed calls per case")
     p.add_argument("--trace-calls", type=int, default=30, help="0: no trace")
     p.add_argument("--json")

@@ -102,14 +102,16 @@ def test_sampler_control_flow_finds_conditionals_and_their_custom_calls():
     assert found[0]["custom_calls"] == [] and found[1]["custom_calls"] == ["TopK"]
 
 
+def event(name: str, dur_us: float, pid: int = 1) -> dict:
+    """One complete ("X") event of a Chrome trace, as ``jax.profiler`` writes them."""
+    return {"ph": "X", "name": name, "dur": dur_us, "pid": pid}
+
+
 def test_graph_runtime_sums_xla_runtime_events_per_step():
     """``profile_step.graph_runtime`` against events counted by hand: two steps, each with one
     run of each program, one graph launch each and one update; device-side and unrelated events
     are left out."""
     from profile_step import graph_runtime
-
-    def event(name, dur_us, pid=1):
-        return {"ph": "X", "name": name, "dur": dur_us, "pid": pid}
 
     step = [
         event("CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)", 1000),
@@ -221,9 +223,6 @@ def test_step_call_sums_host_runtime_events_per_call():
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
         {"ph": "M", "name": "process_name", "pid": 9, "args": {"name": "/device:GPU:0"}},
     ]
-
-    def event(name, dur_us, pid=1):
-        return {"ph": "X", "name": name, "dur": dur_us, "pid": pid}
 
     call = [
         event("CommonPjRtLoadedExecutable::Execute (jit__model_step_fn)", 900),
