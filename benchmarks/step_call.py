@@ -12,7 +12,7 @@ cases:
 * ``inputs on the device``: the step inputs moved to the device before the timed call, not by
   jit's dispatch inside it;
 * ``back to back``: calls issued one after another, the device still running the previous one,
-  as in serving;
+  as in serving (each call's outputs alive until the next returns, or dropped before it);
 * ``busy Python thread``: idle device, while another Python thread runs pure Python, as vLLM's
   engine does beside the launch thread (the call must take the GIL back wherever jax let it
   go), at the process's switch interval or the one named;
@@ -20,10 +20,11 @@ cases:
   caches, the step inputs), so jax's and PjRt's per-argument work alone; ``weights only``: the
   weights and one small array.
 
-Then it traces ``--trace-calls`` idle calls with ``jax.profiler`` and sums XLA's host-side
-events per call (``CommonPjRtLoadedExecutable::Execute``, ``cuGraphLaunch``, the graph update,
-``Thunks::Initialize``...), to split the call. ``XLA_FLAGS`` reaches XLA as usual, so a flag's
-effect (``--xla_gpu_enable_command_buffer=``: no CUDA graphs) is one more run.
+Then it traces ``--trace-calls`` idle (or ``--trace-back-to-back``) calls with ``jax.profiler``
+and sums XLA's host-side events per call (``CommonPjRtLoadedExecutable::Execute``,
+``cuGraphLaunch``, the graph update, ``Thunks::Initialize``...), to split the call.
+``XLA_FLAGS`` reaches XLA as usual, so a flag's effect (``--xla_gpu_enable_command_buffer=``:
+no CUDA graphs) is one more run.
 
 Measured on an H200 (docs/performance.md, 2026-11-28, tenth session): Llama-3.2-1B's call took
 0.7-1.0 ms idle, 0.3-0.46 ms more back to back and 0.8-1.2 ms more beside a busy Python thread.
@@ -58,6 +59,9 @@ def parse_args() -> argparse.Namespace:
     common.add_model_arguments(p, sorted(ARCHITECTURES), max_model_len=1024, max_tokens=512)
     p.add_argument("--calls", type=int, default=200, help="timed calls per case")
     p.add_argument("--trace-calls", type=int, default=30, help="0: no trace")
+    p.add_argument(
+        "--trace-back-to-back", action="store_true", help="trace back-to-back calls, not idle ones"
+    )
     p.add_argument("--json")
     common.add_engine_arguments(p)
     return p.parse_args()
@@ -91,9 +95,14 @@ def _idle_each(prepare, block, calls: int) -> float:
     return _median_ms(times)
 
 
-def _back_to_back(call, block, calls: int) -> float:
+def _back_to_back(call, block, calls: int, keep_outputs: bool = True) -> float:
+    """Calls one after another; with ``keep_outputs`` False each call's outputs are dropped
+    before the next call (the device may still be writing them), so the allocator can hand the
+    next call's outputs the same addresses."""
     times, out = [], None
     for _ in range(calls):
+        if not keep_outputs:
+            out = None
         start = time.perf_counter()
         out = call()
         times.append(time.perf_counter() - start)
@@ -158,6 +167,7 @@ CASES = (
     "idle",
     "idle, inputs on the device",
     "back to back",
+    "back to back, outputs dropped first",
     "busy Python thread",
     "busy Python thread, inputs on the device",
     "busy Python thread, 0.02 ms switch interval",
@@ -169,7 +179,9 @@ CASES = (
 )
 
 
-def measure(worker, calls: int, trace_calls: int, trace_dir: str) -> dict:
+def measure(
+    worker, calls: int, trace_calls: int, trace_dir: str, trace_back_to_back: bool = False
+) -> dict:
     """Runs in the engine core (``collective_rpc``): every case on the runner's own program."""
     import jax
     import numpy as np
@@ -225,6 +237,9 @@ def measure(worker, calls: int, trace_calls: int, trace_dir: str) -> dict:
         "idle": _idle(step(host_inputs), block, calls),
         "idle, inputs on the device": _idle_each(step_on_device, block, calls),
         "back to back": _back_to_back(step(host_inputs), block, calls),
+        "back to back, outputs dropped first": _back_to_back(
+            step(host_inputs), block, calls, keep_outputs=False
+        ),
         "busy Python thread": busy(step(host_inputs), block, calls),
         "busy Python thread, inputs on the device": busy(
             None, block, calls, prepare=step_on_device
@@ -240,7 +255,8 @@ def measure(worker, calls: int, trace_calls: int, trace_dir: str) -> dict:
     }
     if trace_calls:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            _idle(step(host_inputs), block, trace_calls)
+            timed = _back_to_back if trace_back_to_back else _idle
+            timed(step(host_inputs), block, trace_calls)
         trace = next(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"))
         result["traced_host_us_per_call"] = host_events_per_call(read_trace(trace), trace_calls)
     return result
@@ -257,7 +273,10 @@ def main() -> None:
     prompts = common.random_prompts(np.random.default_rng(0), 1, 128, vocab)
     common.timed_generate(llm, prompts, 32)  # warm the host path
     trace_dir = tempfile.mkdtemp(prefix="vxg-step-call-")
-    result = llm.collective_rpc(measure, args=(args.calls, args.trace_calls, trace_dir))[0]
+    result = llm.collective_rpc(
+        measure, args=(args.calls, args.trace_calls, trace_dir, args.trace_back_to_back)
+    )[0]
+    result["traced_case"] = "back to back" if args.trace_back_to_back else "idle"
     result.update(
         model=name,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
