@@ -14,6 +14,9 @@
 #              host profile; traces copied to $OUT (not in the default set).
 #   sampler    benchmarks/sampler_control_flow.py and benchmarks/sampler.py (CUB sort off, then
 #              on): the sampler's conditionals and its time per step (not in the default set).
+#   call       benchmarks/step_call.py for TP_ARCH (CALL_ARGS): the runner's own model-step call
+#              outside serving, case by case, traced once idle and once back to back (not in the
+#              default set);
 #   dispatch   benchmarks/dispatch_cost.py as is and with each XLA command-buffer update mode in
 #              DISPATCH_MODES (default SKIP_TEMP; empty: none); an entry that starts with -- is a
 #              whole XLA flag instead (e.g. --xla_gpu_enable_command_buffer= for no graphs);
@@ -74,6 +77,16 @@ for cub in false true; do
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_cub_radix_sort=$cub" timeout ${SAMPLER_TIMEOUT:-200} \
     python3 benchmarks/sampler.py ${SAMPLER_ARGS:-} --json "$out/sampler_cub_$cub.json" > "$out/sampler_cub_$cub.log" 2>&1
   echo "sampler (cub $cub) exit $?"; grep -v "WARNING\|INFO" "$out/sampler_cub_$cub.log" | tail -7
+done
+fi
+
+if [[ $stages == *" call "* ]]; then
+step "call: the model step's call outside serving (benchmarks/step_call.py), for ${TP_ARCH:-llama-3.2-1b}"
+for trace in idle back-to-back; do  # the same cases twice; the traced split of each kind of call
+  extra=""; [ "$trace" = back-to-back ] && extra="--trace-back-to-back"
+  timeout ${CALL_TIMEOUT:-240} python3 benchmarks/step_call.py --arch "${TP_ARCH:-llama-3.2-1b}" \
+    --load-format dummy $extra ${CALL_ARGS:-} --json "$out/step_call_$trace.json" > "$out/step_call_$trace.log" 2>&1
+  echo "step_call ($trace traced) exit $?"; grep -A40 "arguments, XLA" "$out/step_call_$trace.log" | head -34
 done
 fi
 
