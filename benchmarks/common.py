@@ -10,6 +10,7 @@ against the XLA plugin. Data: none kept; every function is pure or reads the eng
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import pathlib
 import platform
@@ -41,6 +42,12 @@ def add_model_arguments(
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
+
+
+def read_trace(path: str | pathlib.Path) -> list[dict]:
+    """The events of a Perfetto/Chrome trace written by ``jax.profiler`` (gzipped JSON)."""
+    events = json.loads(gzip.open(path).read())
+    return events["traceEvents"] if isinstance(events, dict) else events
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
-import gzip
 import json
 import os
 import pathlib
@@ -61,8 +60,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
 
     Device events are those of processes whose name mentions a GPU; XLA's module events (one
     per program execution) are told apart from kernels by their thread's name."""
-    events = json.loads(gzip.open(path).read())
-    events = events["traceEvents"] if isinstance(events, dict) else events
+    events = common.read_trace(path)
     names = {
         (e["pid"], None): e["args"]["name"]
         for e in events

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
 import json
 import os
 import pathlib
@@ -71,9 +70,12 @@ def _median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3
 
 
-def _idle(call, block, calls: int) -> float:
+def _idle_each(prepare, block, calls: int) -> float:
+    """Median host ms of ``call()``, the device idle before each, where ``call = prepare()``
+    is made afresh (untimed) before each."""
     times = []
     for _ in range(calls):
+        call = prepare()
         start = time.perf_counter()
         out = call()
         times.append(time.perf_counter() - start)
@@ -82,17 +84,9 @@ def _idle(call, block, calls: int) -> float:
     return _median_ms(times)
 
 
-def _idle_each(prepare, block, calls: int) -> float:
-    """``_idle`` with a call made afresh by ``prepare()`` before each (untimed)."""
-    times = []
-    for _ in range(calls):
-        call = prepare()
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-        block(out)
-        del out
-    return _median_ms(times)
+def _idle(call, block, calls: int) -> float:
+    """``_idle_each`` of one call made once."""
+    return _idle_each(lambda: call, block, calls)
 
 
 def _back_to_back(call, block, calls: int, keep_outputs: bool = True) -> float:
@@ -110,11 +104,8 @@ def _back_to_back(call, block, calls: int, keep_outputs: bool = True) -> float:
     return _median_ms(times)
 
 
-def _with_busy_thread(
-    call, block, calls: int, interval_s: float | None = None, prepare=None
-) -> float:
-    """``_idle`` (``_idle_each`` with ``prepare``) while another thread runs pure Python, at
-    the switch interval given."""
+def _with_busy_thread(prepare, block, calls: int, interval_s: float | None = None) -> float:
+    """``_idle_each`` while another thread runs pure Python, at the switch interval given."""
     stop = threading.Event()
     before = sys.getswitchinterval()
     if interval_s is not None:
@@ -129,17 +120,11 @@ def _with_busy_thread(
     thread = threading.Thread(target=spin, daemon=True)
     thread.start()
     try:
-        return _idle_each(prepare, block, calls) if prepare else _idle(call, block, calls)
+        return _idle_each(prepare, block, calls)
     finally:
         stop.set()
         thread.join()
         sys.setswitchinterval(before)
-
-
-def read_trace(path: pathlib.Path) -> list[dict]:
-    """The events of a Perfetto/Chrome trace written by ``jax.profiler``."""
-    events = json.loads(gzip.open(path).read())
-    return events["traceEvents"] if isinstance(events, dict) else events
 
 
 def host_events_per_call(events: list[dict], calls: int) -> dict[str, float]:
@@ -161,22 +146,6 @@ def host_events_per_call(events: list[dict], calls: int) -> dict[str, float]:
         totals[name[:70]] += e["dur"]
     top = sorted(totals.items(), key=lambda kv: -kv[1])[:20]
     return {name: round(us / calls, 1) for name, us in top}
-
-
-CASES = (
-    "idle",
-    "idle, inputs on the device",
-    "back to back",
-    "back to back, outputs dropped first",
-    "busy Python thread",
-    "busy Python thread, inputs on the device",
-    "busy Python thread, 0.02 ms switch interval",
-    "busy Python thread, 1 ms switch interval",
-    "arguments only",
-    "arguments only, inputs on the device",
-    "weights only",
-    "idle, again",
-)
 
 
 def measure(
@@ -210,55 +179,49 @@ def measure(
     def args_only(inputs):  # the live caches: the model step donates and replaces them
         return lambda: tiny(runner.params, runner.kv_caches, runner.logits_buffer, prev, *inputs())
 
-    def args_only_on_device():
+    def on_device(make):  # a call whose inputs were moved before it (untimed)
         moved = device_inputs()
-        return args_only(lambda: moved)
+        return make(lambda: moved)
 
     def weights_only():
         return weights(runner.params, prev)
 
-    on_device = {}
+    def busy(interval_s=None, prepare=lambda: step(host_inputs)):
+        return _with_busy_thread(prepare, block, calls, interval_s)
 
-    def pre_moved():  # the call must not include the move: take one made earlier
-        return on_device.pop("next")
-
-    def step_on_device():
-        on_device["next"] = device_inputs()
-        return step(pre_moved)
-
-    busy = _with_busy_thread
-    result = {
-        "bucket": runner.token_buckets[0],
-        "arguments": len(
-            jax.tree.leaves((runner.params, runner.kv_caches, runner.logits_buffer, words, big))
-        )
-        + 1,
-        "switch_interval_ms": sys.getswitchinterval() * 1e3,
+    cases = {
         "idle": _idle(step(host_inputs), block, calls),
-        "idle, inputs on the device": _idle_each(step_on_device, block, calls),
+        "idle, inputs on the device": _idle_each(lambda: on_device(step), block, calls),
         "back to back": _back_to_back(step(host_inputs), block, calls),
         "back to back, outputs dropped first": _back_to_back(
             step(host_inputs), block, calls, keep_outputs=False
         ),
-        "busy Python thread": busy(step(host_inputs), block, calls),
-        "busy Python thread, inputs on the device": busy(
-            None, block, calls, prepare=step_on_device
-        ),
-        "busy Python thread, 0.02 ms switch interval": busy(step(host_inputs), block, calls, 2e-5),
-        "busy Python thread, 1 ms switch interval": busy(step(host_inputs), block, calls, 1e-3),
+        "busy Python thread": busy(),
+        "busy Python thread, inputs on the device": busy(prepare=lambda: on_device(step)),
+        "busy Python thread, 0.02 ms switch interval": busy(2e-5),
+        "busy Python thread, 1 ms switch interval": busy(1e-3),
         "arguments only": _idle(args_only(host_inputs), jax.block_until_ready, calls),
         "arguments only, inputs on the device": _idle_each(
-            args_only_on_device, jax.block_until_ready, calls
+            lambda: on_device(args_only), jax.block_until_ready, calls
         ),
         "weights only": _idle(weights_only, jax.block_until_ready, calls),
         "idle, again": _idle(step(host_inputs), block, calls),
+    }
+    arrays = (runner.params, runner.kv_caches, runner.logits_buffer, words, big)
+    result = {
+        "bucket": runner.token_buckets[0],
+        "arguments": len(jax.tree.leaves(arrays)) + 1,  # and the previous step's ids
+        "switch_interval_ms": sys.getswitchinterval() * 1e3,
+        "cases": list(cases),
+        **cases,
     }
     if trace_calls:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             timed = _back_to_back if trace_back_to_back else _idle
             timed(step(host_inputs), block, trace_calls)
         trace = next(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"))
-        result["traced_host_us_per_call"] = host_events_per_call(read_trace(trace), trace_calls)
+        events = common.read_trace(trace)
+        result["traced_host_us_per_call"] = host_events_per_call(events, trace_calls)
     return result
 
 
@@ -290,7 +253,7 @@ def main() -> None:
         f"XLA_FLAGS={result['xla_flags']!r}"
     )
     print("| case | host ms per call (median) |\n|---|---|")
-    for case in CASES:
+    for case in result["cases"]:
         print(f"| {case} | {result[case]:.3f} |")
     for event, us in result.get("traced_host_us_per_call", {}).items():
         print(f"  traced {us:9.1f} us/call  {event}")
