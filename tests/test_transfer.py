@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
+from vllm_xla_gpu.runner.step_inputs import dummy_step_inputs, pack_step_inputs
 from vllm_xla_gpu.runner.transfer import pack, unpack
 
 
@@ -69,3 +70,19 @@ def test_rejects_what_it_cannot_carry() -> None:
         pack({"x": np.arange(3, dtype=np.int64)})
     with pytest.raises(TypeError, match="must be host arrays"):
         pack({"x": jnp.arange(3)})
+
+
+@pytest.mark.parametrize(("bucket", "rows"), [(16, 16), (512, 256)])
+def test_step_inputs_travel_in_one_buffer(bucket: int, rows: int) -> None:
+    """A token bucket's per-request rows are ``min(bucket, max_num_seqs)``, and the model
+    step's inputs, block table included, pack into the words alone (one transfer a step)."""
+    inputs = dummy_step_inputs(bucket, max_num_reqs=256, max_blocks=8)
+    inputs.attn.block_tables[:] = np.random.default_rng(3).integers(0, 99, (rows, 8))
+    assert inputs.attn.block_tables.shape == (rows, 8)
+    assert inputs.attn.seq_lens.shape == inputs.logits_indices.shape == (rows,)
+    assert inputs.attn.query_start_loc.shape == (rows + 1,)
+    words, big, packing = pack_step_inputs(inputs)
+    assert big == []
+    out = jax.jit(unpack, static_argnums=(2,))(words, big, packing)
+    for expected, got in zip(jax.tree.leaves(inputs), jax.tree.leaves(out), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), expected)

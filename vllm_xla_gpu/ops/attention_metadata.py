@@ -1,7 +1,9 @@
 """``AttentionMetadata``: the per-step arrays that tell paged attention where everything lives.
 
 The runner builds one per step on the host (``runner/step_inputs.py``), padded to the step's
-token bucket and to ``max_num_reqs``, and every attention layer of the step reads the same one.
+token bucket and to a number of request rows (``max_num_reqs`` below; the runner gives a token
+bucket ``min(bucket, max_num_seqs)`` rows), and every attention layer of the step reads the
+same one.
 It is a pytree whose fields are all data, so it can be a ``jax.jit`` argument: its shapes (and
 so the compiled program) depend only on the buckets, never on the requests' contents.
 

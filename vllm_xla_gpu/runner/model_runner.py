@@ -17,18 +17,18 @@ through a ``Launcher`` (``runner/launch.py``): in order from one launch thread w
 returns to vLLM (the default), or at once with ``VLLM_XLA_GPU_LAUNCH_THREAD=0``.
 
 Three jitted programs, each compiled once per bucket at start-up by :meth:`precompile`:
-``model_step`` per *token* bucket (per-request metadata is always ``max_num_seqs`` rows, so it does
-not depend on the request count), ``sample_step`` per *request* bucket (every sampling option,
-structured output and logprobs are data of fixed shapes: ``sample/metadata.py``), and
-``prompt_logprobs_step`` per token bucket, run only in steps where a request wants prompt
-logprobs. The model step ends with the LM head: it writes each request's logits into a
-``[max_num_seqs, vocab]`` buffer (donated through every step, so only the rows computed are
-written) and takes their argmax. A step whose every request is plain greedy (vLLM's all-greedy
-shortcut, chosen on the host) takes that argmax as its tokens and launches no sampler: one
-program per step. On an H200 that raised 128/128 at 1024 prompts by 10-37% over a separate
-argmax program, with batch 1 unchanged beyond the spread (docs/performance.md, 2026-11-28).
-The runner owns the model parameters, the per-layer KV caches, the logits buffer, the
-persistent batch and the compile guard that proves serving compiles nothing.
+``model_step`` per *token* bucket (per-request metadata has ``min(bucket, max_num_seqs)`` rows, so
+it does not depend on the request count), ``sample_step`` per *request* bucket (every sampling
+option, structured output and logprobs are data of fixed shapes: ``sample/metadata.py``), and
+``prompt_logprobs_step`` per token bucket, run only in steps where a request wants prompt logprobs.
+The model step ends with the LM head: it writes each request's logits into a ``[max_num_seqs,
+vocab]`` buffer (donated through every step, so only the rows computed are written) and takes their
+argmax. A step whose every request is plain greedy (vLLM's all-greedy shortcut, chosen on the host)
+takes that argmax as its tokens and launches no sampler: one program per step. On an H200 that
+raised 128/128 at 1024 prompts by 10-37% over a separate argmax program, with batch 1 unchanged
+beyond the spread (docs/performance.md, 2026-11-28). The runner owns the model parameters, the
+per-layer KV caches, the logits buffer, the persistent batch and the compile guard that proves
+serving compiles nothing.
 """
 
 from __future__ import annotations
@@ -82,7 +82,12 @@ from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
 from vllm_xla_gpu.runner.launch import Launched, Launcher, ready
 from vllm_xla_gpu.runner.precompile import PrecompileMixin, idle_metadata
 from vllm_xla_gpu.runner.request_states import RequestStatesMixin
-from vllm_xla_gpu.runner.step_inputs import StepInputs, dummy_step_inputs, prepare_step_inputs
+from vllm_xla_gpu.runner.step_inputs import (
+    StepInputs,
+    dummy_step_inputs,
+    pack_step_inputs,
+    prepare_step_inputs,
+)
 from vllm_xla_gpu.runner.transfer import Packing, pack, unpack
 from vllm_xla_gpu.sample.logprobs import TopLogprobs
 from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
@@ -303,7 +308,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         inputs = dummy_step_inputs(self.token_buckets[-1], self.max_num_reqs, max_blocks)
         prev = jax.ShapeDtypeStruct((self.max_num_reqs,), jnp.int32, sharding=sharding)
         logits = self.logits_buffer  # its shape, before allocate_kv_caches
-        model_step = self._model_step.lower(self.params, kv, logits, prev, *pack(inputs))
+        packed = pack_step_inputs(inputs)
+        model_step = self._model_step.lower(self.params, kv, logits, prev, *packed)
         md = idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(logits, *pack(md))
         hidden_all = model_step.out_info[1].hidden_all
@@ -332,7 +338,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         inputs = prepare_step_inputs(self.batch, rows, num_scheduled, num_tokens, self.block_size)
         prev_sampled = self._link_prev_sampled(inputs, req_ids, rows, num_scheduled)
         arrived, self._tokens_arrived_at = self._tokens_arrived_at, None
-        words, big, packing = pack(inputs)
+        words, big, packing = pack_step_inputs(inputs)
         chain = None if arrived is None else (arrived, entered_at, time.perf_counter())
         model_out = self.launcher.submit(
             self._launch_model_step, chain, prev_sampled, words, big, packing
@@ -590,8 +596,9 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
             set_forward_context(ctx, self.vllm_config, num_tokens=num_tokens, slot_mapping={}),
         ):
             hidden = self.jax_model.call(params, "forward", input_ids, inputs.positions)
-        # A step has at most as many requests as tokens: only that many rows need the LM head.
-        rows = min(num_tokens, self.max_num_reqs)
+        # A step has at most as many requests as tokens: the per-request rows of its inputs
+        # (``step_inputs.num_req_rows``) are all that need the LM head.
+        rows = inputs.logits_indices.shape[0]
         logits = self._logits(params, hidden[inputs.logits_indices[:rows]])
         greedy_ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         out = ModelStepOutput(

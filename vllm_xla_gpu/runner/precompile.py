@@ -35,7 +35,7 @@ from tqdm import tqdm
 from vllm.logger import init_logger
 
 from vllm_xla_gpu.runner.compile_guard import CompileCounter
-from vllm_xla_gpu.runner.step_inputs import dummy_step_inputs
+from vllm_xla_gpu.runner.step_inputs import dummy_step_inputs, pack_step_inputs
 from vllm_xla_gpu.runner.transfer import pack
 from vllm_xla_gpu.sample.metadata import SamplingInputs, SamplingMetadata, TokenHistory
 
@@ -207,7 +207,7 @@ class PrecompileMixin:
         # Lowered against the caches' shapes; its warm-up run takes the allocated caches.
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
         args = (self.params, self.kv_caches, self.logits_buffer, self._no_prev_sampled)
-        args += tuple(pack(inputs))
+        args += tuple(pack_step_inputs(inputs))
         return WarmUpCall(self._model_step, args)
 
     def _committed_shapes(self, out_info: Any) -> Any:

@@ -2,9 +2,15 @@
 
 A step runs the scheduled tokens of several requests as one flat, ragged token axis. Everything
 here is computed on the host and padded to the step's token bucket (tokens) and to
-``max_num_reqs`` (per-request rows), so the traced program only ever sees bucketed shapes; the
-result goes to the device packed in one buffer (``runner/transfer.py``), handed to the jitted
-step as numpy.
+:func:`num_req_rows` of it (per-request rows), so the traced program only ever sees bucketed
+shapes; the result goes to the device packed in one buffer (``runner/transfer.py``), handed to
+the jitted step as numpy.
+
+Per-request rows: a step has at most as many requests as tokens, so a token bucket of ``T``
+needs ``min(T, max_num_reqs)`` rows, not ``max_num_reqs``. At batch 1 (bucket 16, 256 sequences
+of up to 4096 tokens) that makes the block table 16 rows of 256 pages (16 KiB) instead of 256
+rows (256 KiB): less for the host to zero, gather and transfer every step, and 16 programs a
+KV head for the attention kernel's spare-request slack instead of 256.
 
 Example: requests A (3 computed, 2 scheduled) and B (decode: 7 computed, 1 scheduled), token
 bucket 4 ->  ``query_start_loc = [0, 2, 3, 3, ...]``, ``positions = [3, 4, 7, 0]``,
@@ -21,6 +27,7 @@ import numpy as np
 
 from vllm_xla_gpu.ops.attention_metadata import AttentionMetadata
 from vllm_xla_gpu.runner.input_batch import InputBatch
+from vllm_xla_gpu.runner.transfer import Packing, pack
 
 PAD_SLOT_ID = -1
 
@@ -33,7 +40,7 @@ class StepInputs:
         input_ids: i32[num_tokens_padded] token ids, 0 for padding.
         positions: i32[num_tokens_padded] position of each token in its sequence.
         attn: paged-attention metadata (slot mapping, block tables, lengths).
-        logits_indices: i32[max_num_reqs] index of each request's last scheduled token.
+        logits_indices: i32[num_req_rows] index of each request's last scheduled token.
         prev_token_index: i32[num_tokens_padded] under async scheduling, the row of the previous
             step's sampled tokens (still on the device) that holds this token's id, for tokens
             the host does not know yet; -1 = ``input_ids`` holds the id.
@@ -53,6 +60,11 @@ jax.tree_util.register_dataclass(
 )
 
 
+def num_req_rows(num_tokens_padded: int, max_num_reqs: int) -> int:
+    """Per-request rows of a token bucket's inputs: a step has at most one request a token."""
+    return min(num_tokens_padded, max_num_reqs)
+
+
 def prepare_step_inputs(
     batch: InputBatch,
     rows: np.ndarray,  # i32[num_reqs] batch rows of the scheduled requests, in output order
@@ -69,7 +81,8 @@ def prepare_step_inputs(
         num_tokens_padded: the token bucket (>= ``num_scheduled.sum()``).
         block_size: tokens per KV-cache page.
     """
-    num_reqs, max_reqs = len(rows), batch.max_num_reqs
+    num_reqs = len(rows)
+    max_reqs = num_req_rows(num_tokens_padded, batch.max_num_reqs)
     num_tokens = int(num_scheduled.sum())
     query_start_loc = np.full(max_reqs + 1, num_tokens, np.int32)
     query_start_loc[0] = 0
@@ -84,7 +97,7 @@ def prepare_step_inputs(
 
     seq_lens = np.zeros(max_reqs, np.int32)
     seq_lens[:num_reqs] = batch.num_computed_tokens[rows] + num_scheduled
-    block_tables = np.zeros_like(batch.block_table)
+    block_tables = np.zeros((max_reqs, batch.block_table.shape[1]), np.int32)
     block_tables[:num_reqs] = batch.block_table[rows]
     logits_indices = np.zeros(max_reqs, np.int32)
     logits_indices[:num_reqs] = query_start_loc[1 : num_reqs + 1] - 1
@@ -105,8 +118,9 @@ def prepare_step_inputs(
     )
 
 
-def dummy_step_inputs(num_tokens_padded: int, max_reqs: int, max_blocks: int) -> StepInputs:
+def dummy_step_inputs(num_tokens_padded: int, max_num_reqs: int, max_blocks: int) -> StepInputs:
     """All-padding inputs of one token bucket: used to compile it at start-up."""
+    max_reqs = num_req_rows(num_tokens_padded, max_num_reqs)
     return StepInputs(
         input_ids=np.zeros(num_tokens_padded, np.int32),
         positions=np.zeros(num_tokens_padded, np.int32),
@@ -119,6 +133,14 @@ def dummy_step_inputs(num_tokens_padded: int, max_reqs: int, max_blocks: int) ->
         logits_indices=np.zeros(max_reqs, np.int32),
         prev_token_index=np.full(num_tokens_padded, -1, np.int32),
     )
+
+
+def pack_step_inputs(inputs: StepInputs) -> tuple[np.ndarray, list, Packing]:
+    """:func:`transfer.pack` of one step's inputs, the block table included: every input of
+    the model step then reaches the device in one transfer (one numpy argument for jit to
+    move, where each is a separate copy and a separate release of the GIL on the launch
+    thread's critical path: ``benchmarks/step_call.py``)."""
+    return pack(inputs, max_packed_ndim=2)
 
 
 def _pad(values: np.ndarray, size: int, fill: int) -> np.ndarray:

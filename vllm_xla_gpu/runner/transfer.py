@@ -10,9 +10,10 @@ and bit casts fuse into their consumers and cost nothing. The runner hands the p
 buffers straight to the jitted function: jit's C++ dispatch moves numpy arguments to the
 program's device itself, cheaper than a Python ``jax.device_put`` first (0.2 ms a step less on
 XLA:CPU at batch 1). Every buffer is freshly built per step and never written afterwards, as a
-transfer that may still be in flight requires. Leaves of two or more dimensions
-(block tables, token histories, bitmasks, which the sampler may also hand over as device
-constants) travel as they are.
+transfer that may still be in flight requires. Leaves of more than
+``max_packed_ndim`` dimensions travel as they are: the sampler's token histories and bitmasks
+(large, and sometimes device constants) keep the default of 1, while a model step packs its
+block table too (``step_inputs.pack_step_inputs``), so each of its steps makes one transfer.
 
 The layout (:class:`Packing`) depends only on the leaves' shapes and dtypes, which depend only
 on the step's buckets, so it is a static argument of the jitted step: one compiled program per
@@ -43,10 +44,11 @@ class Packing:
     packed: tuple[tuple[tuple[int, ...], str] | None, ...]
 
 
-def pack(tree: Any) -> tuple[np.ndarray, list[Any], Packing]:
+def pack(tree: Any, max_packed_ndim: int = 1) -> tuple[np.ndarray, list[Any], Packing]:
     """Split ``tree`` into one ``uint32`` buffer of its small leaves and a list of its big ones.
 
-    Small leaves (at most one dimension) must be host (numpy) arrays of a 32-bit type or bool.
+    Small leaves (at most ``max_packed_ndim`` dimensions) must be host (numpy) arrays of a
+    32-bit type or bool.
 
     Returns:
         ``(words, big_leaves, packing)``; :func:`unpack` inverts it.
@@ -54,7 +56,7 @@ def pack(tree: Any) -> tuple[np.ndarray, list[Any], Packing]:
     leaves, treedef = jax.tree.flatten(tree)
     small, big, layout = [], [], []
     for leaf in leaves:
-        if np.ndim(leaf) > 1:
+        if np.ndim(leaf) > max_packed_ndim:
             big.append(leaf)
             layout.append(None)
             continue
