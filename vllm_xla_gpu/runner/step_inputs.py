@@ -10,7 +10,9 @@ Per-request rows: a step has at most as many requests as tokens, so a token buck
 needs ``min(T, max_num_reqs)`` rows, not ``max_num_reqs``. At batch 1 (bucket 16, 256 sequences
 of up to 4096 tokens) that makes the block table 16 rows of 256 pages (16 KiB) instead of 256
 rows (256 KiB): less for the host to zero, gather and transfer every step, and 16 programs a
-KV head for the attention kernel's spare-request slack instead of 256.
+KV head for the attention kernel's spare-request slack instead of 256. Less work, but no
+measured speed-up: with the block table also packed (:func:`pack_step_inputs`), batch 1 of
+Llama-3.2-1B on an H100 ran as fast as before (docs/performance.md, 2026-12-07).
 
 Example: requests A (3 computed, 2 scheduled) and B (decode: 7 computed, 1 scheduled), token
 bucket 4 ->  ``query_start_loc = [0, 2, 3, 3, ...]``, ``positions = [3, 4, 7, 0]``,
