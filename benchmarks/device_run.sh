@@ -50,6 +50,20 @@
 set -uo pipefail
 out=${OUT:-/tmp/vxg-out}
 mkdir -p "$out"
+# The device tool brings back at most 8 files from $OUT: with more there (an A/B of five runs
+# writes ten), everything is put into one results-N.tgz at exit instead, so none is lost (each
+# invocation its own N; a log that the caller tees into $OUT is packed only if it was closed).
+pack_out() {
+  local files tgz
+  files=$(find "$out" -type f ! -name 'results-*.tgz' | wc -l)
+  if [ "$files" -gt 7 ]; then
+    tgz="results-$(date +%s).tgz"
+    tar -czf "/tmp/$tgz" -C "$out" --exclude='results-*.tgz' . &&
+      find "$out" -type f ! -name 'results-*.tgz' -delete && mv "/tmp/$tgz" "$out/$tgz"
+    echo "$files files under \$OUT packed into $tgz"
+  fi
+}
+trap pack_out EXIT
 export PYTHONUNBUFFERED=1 VLLM_XLA_GPU_CACHE_DIR=/tmp/vxg-jax-cache
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/vxg-whl .whl/*.whl 2>&1 | grep -v WARNING
