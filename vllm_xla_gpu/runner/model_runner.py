@@ -599,7 +599,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # A step has at most as many requests as tokens: the per-request rows of its inputs
         # (``step_inputs.num_req_rows``) are all that need the LM head.
         rows = inputs.logits_indices.shape[0]
-        logits = self._logits(params, hidden[inputs.logits_indices[:rows]])
+        logits = self._logits(params, hidden[inputs.logits_indices])
         greedy_ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         out = ModelStepOutput(
             logits_buffer.at[:rows].set(logits),  # in place: the buffer is donated
