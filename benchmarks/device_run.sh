@@ -11,7 +11,8 @@
 #   attention  benchmarks/attention.py: kernel and reference against copy bandwidth / matmul rate;
 #   decode     decode benchmarks (start-up split, batch 1 and 32) for SmolLM2-135M and Llama-3.2-1B.
 #   profile    benchmarks/profile_step.py for TP_ARCH (PROFILE_ARGS): device time per program,
-#              host profile; traces copied to $OUT (not in the default set).
+#              host profile; traces copied to $OUT; then once per entry of PROFILE_FLAGS (XLA
+#              flags; "+--" joins several in one entry), without traces (not in the default set).
 #   sampler    benchmarks/sampler_control_flow.py and benchmarks/sampler.py (CUB sort off, then
 #              on): the sampler's conditionals and its time per step (not in the default set).
 #   call       benchmarks/step_call.py for TP_ARCH (CALL_ARGS): the runner's own model-step call
@@ -198,15 +199,26 @@ echo "attention exit $?"; grep -v "WARNING\|INFO" "$out/attention.log" | tail -1
 fi
 
 if [[ $stages == *" profile "* ]]; then
-step "profile: device time per program and host work per step"
-timeout ${PROFILE_TIMEOUT:-400} python3 benchmarks/profile_step.py --arch "${TP_ARCH:-llama-3.2-1b}" \
-  ${PROFILE_ARGS:-} --out /tmp/vxg-profile > "$out/profile.log" 2>&1
-echo "profile exit $?"; grep -v "WARNING\|INFO\|In-place" "$out/profile.log" | tail -${PROFILE_LINES:-120}
-for d in /tmp/vxg-profile/trace_b*; do  # traces over 16 MiB would not come back
-  f=$(find "$d" -name perfetto_trace.json.gz -size -16M | head -1)
-  [ -n "$f" ] && cp "$f" "$out/$(basename "$d").json.gz"
+step "profile: device time per program and host work per step (as is${PROFILE_FLAGS:+, then with each of $PROFILE_FLAGS})"
+# The run as is keeps the old file names (profile.log, profile.json, trace_b*.json.gz); a run per
+# entry of PROFILE_FLAGS (XLA flags, several in one entry joined by "+--") writes
+# profile_<flag>.log and .json, without traces.
+for flag in default ${PROFILE_FLAGS:-}; do
+  if [ "$flag" = default ]; then tag="" flags=${XLA_FLAGS:-}
+  else tag=_$(echo "${flag#--xla_gpu_}" | tr -c 'A-Za-z0-9_\n' '_'); flags="${XLA_FLAGS:-} ${flag//+--/ --}"; fi
+  rm -rf /tmp/vxg-profile
+  XLA_FLAGS="$flags" timeout ${PROFILE_TIMEOUT:-400} python3 benchmarks/profile_step.py \
+    --arch "${TP_ARCH:-llama-3.2-1b}" ${PROFILE_ARGS:-} --out /tmp/vxg-profile > "$out/profile$tag.log" 2>&1
+  echo "profile ($flag) exit $?"
+  grep -v "WARNING\|INFO\|In-place" "$out/profile$tag.log" | tail -${PROFILE_LINES:-16}
+  cp /tmp/vxg-profile/profile.json "$out/profile$tag.json" 2>/dev/null
+  [ -z "$tag" ] || continue
+  for d in /tmp/vxg-profile/trace_b*; do  # traces over 16 MiB would not come back
+    f=$(find "$d" -name perfetto_trace.json.gz -size -16M | head -1)
+    [ -n "$f" ] && cp "$f" "$out/$(basename "$d").json.gz"
+  done
+  cp /tmp/vxg-profile/host_profile.txt "$out/" 2>/dev/null
 done
-cp /tmp/vxg-profile/profile.json /tmp/vxg-profile/host_profile.txt "$out/" 2>/dev/null
 fi
 
 throughput() {  # $1 = xla | cuda; the environment is set by the caller

@@ -95,7 +95,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
     for a, b, name in kernels:
         per_kernel[name[:80]] += b - a
         counts[name[:80]] += 1
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:20]
     return {
         "host_ms_per_step": host_functions(events, device_pids, num_steps),
         **control_flow(events, device_pids, num_steps),
@@ -104,15 +104,58 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
         "window_ms_per_step": window_us / num_steps / 1e3,
         "device_busy_ms_per_step": busy_us / num_steps / 1e3,
         "kernels_per_step": len(kernels) / num_steps,
+        "kernel_gap_ms_per_step": kernel_gaps_us(kernels) / num_steps / 1e3,
+        "ms_per_step_by_kind": {
+            kind: us / num_steps / 1e3 for kind, us in kernel_kinds_us(per_kernel).items()
+        },
         "modules": {
             name: {"count": len(d), "mean_ms": sum(d) / len(d) / 1e3}
             for name, d in sorted(modules.items(), key=lambda kv: -sum(kv[1]))[:8]
         },
         "top_kernels": [
-            {"name": n, "ms_per_step": t / num_steps / 1e3, "count_per_step": counts[n] / num_steps}
+            {
+                "name": n,
+                "ms_per_step": t / num_steps / 1e3,
+                "count_per_step": counts[n] / num_steps,
+                "us_per_call": t / counts[n],
+            }
             for n, t in top
         ],
     }
+
+
+# Device idle time between two kernels shorter than this is a gap inside one program's run (a
+# CUDA graph's node-to-node latency); longer ones are the host's wait between steps.
+_GAP_WITHIN_STEP_US = 20.0
+
+
+def kernel_gaps_us(kernels: list[tuple[float, float, str]]) -> float:
+    """Total device idle time between consecutive kernels less than ``_GAP_WITHIN_STEP_US``
+    apart: what a step's kernels lose to launch latency inside its graph."""
+    total, end = 0.0, None
+    for start, stop, _ in sorted(kernels):
+        if end is not None and 0 < start - end < _GAP_WITHIN_STEP_US:
+            total += start - end
+        end = stop if end is None else max(end, stop)
+    return total
+
+
+# Kernel names by kind: XLA's Triton matmul fusions (``gemm_fusion_dot...``) and cuBLAS's
+# (``nvjet_...``, ``sm90_xmma_...``, ``cutlass...``, ``gemv...``); this backend's attention
+# launches; everything else (XLA's elementwise, reduction and copy fusions).
+_KERNEL_KINDS = (
+    ("matmul", re.compile(r"gemm|gemv|xmma|cutlass|cublas|nvjet|dot", re.I)),
+    ("attention", re.compile(r"ragged_paged_attention|write_kv")),
+)
+
+
+def kernel_kinds_us(per_kernel: dict[str, float]) -> dict[str, float]:
+    """Kernel time summed by kind (:data:`_KERNEL_KINDS`, then ``other``)."""
+    totals = collections.defaultdict(float)
+    for name, us in per_kernel.items():
+        kind = next((k for k, pattern in _KERNEL_KINDS if pattern.search(name)), "other")
+        totals[kind] += us
+    return dict(totals)
 
 
 # Host functions worth a line in the summary: the runner's step and vLLM's engine-core step.
@@ -201,6 +244,28 @@ def host_profile(llm, prompts, args, out: pathlib.Path) -> None:
     pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
+def print_table(results: dict) -> None:
+    """Per batch size: time per token, the device's busy time, gaps and kernels per step, time
+    by kind of kernel, then the longest kernels (microseconds per call)."""
+    print(
+        f"\n{'batch':>5} {'ms/token':>8} {'busy ms':>7} {'gap ms':>6} {'kernels':>7} "
+        f"{'matmul':>6} {'attn':>6} {'other':>6}"
+    )
+    for batch, r in results.items():
+        kinds = r.get("ms_per_step_by_kind", {})
+        print(
+            f"{batch:>5} {r['untraced_ms_per_token']:>8.3f} {r['device_busy_ms_per_step']:>7.3f} "
+            f"{r['kernel_gap_ms_per_step']:>6.3f} {r['kernels_per_step']:>7.1f} "
+            f"{kinds.get('matmul', 0):>6.3f} {kinds.get('attention', 0):>6.3f} "
+            f"{kinds.get('other', 0):>6.3f}"
+        )
+        for k in r["top_kernels"][:12]:
+            print(
+                f"      {k['name'][:48]:<48} {k['count_per_step']:>5.1f} x "
+                f"{k['us_per_call']:>7.2f} us = {k['ms_per_step']:.3f} ms"
+            )
+
+
 def main() -> None:
     args = parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -225,6 +290,7 @@ def main() -> None:
         if i == 0:
             host_profile(llm, prompts, args, out)
     (out / "profile.json").write_text(json.dumps(results, indent=1))
+    print_table({b: r for b, r in results.items() if "error" not in r})
 
 
 if __name__ == "__main__":
