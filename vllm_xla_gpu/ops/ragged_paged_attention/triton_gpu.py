@@ -15,8 +15,10 @@ head, it makes the ``BLOCK_M = BLOCK_Q * G`` rows of the tile's score matrix (ro
 ``m // G``, head ``kv_head * G + m % G``), so one pass over a KV page serves every query head
 that reads it (GQA/MQA cost no extra KV traffic). Tiles never straddle two requests: request
 ``r`` owns tiles ``query_start_loc[r] // BLOCK_Q + r`` onwards (the ``+ r`` leaves room for its
-partial last tile), so a program finds its request by a binary search over ``query_start_loc``
-and ``num_tokens // BLOCK_Q + max_num_reqs`` programs always suffice; spare ones exit at once.
+partial last tile), so a program finds its request by counting the first tiles at or before its
+own in one vector load of ``query_start_loc`` (not a binary search, whose loads each wait for
+the one before), and ``num_tokens // BLOCK_Q + max_num_reqs`` programs always
+suffice; spare ones exit at once.
 Every shape is static, so the launch is part of the step's single compiled program.
 
 Padding tokens (from ``query_start_loc[-1]`` on) belong to no tile. Their output rows are
@@ -50,7 +52,6 @@ matmuls). Float32 inputs use IEEE float32 dots, so float32 results match the ref
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -223,7 +224,7 @@ def kernel_constants(
     return dict(
         NUM_TOKENS=q.shape[0],
         NUM_REQS=num_reqs,
-        SEARCH_STEPS=max(1, math.ceil(math.log2(num_reqs + 1))),
+        QSL_PAD=triton.next_power_of_2(num_reqs + 1),
         NUM_Q_HEADS=num_q_heads,
         NUM_KV_HEADS=num_kv_heads,
         HEAD_DIM=head_dim,
@@ -245,12 +246,11 @@ def kernel_constants(
 
 @triton.jit
 def _zero_padding_rows(
-    qsl_ptr,
+    first_padding,
     out_ptr,
     pid,
     kv_head,
     NUM_TOKENS: tl.constexpr,
-    NUM_REQS: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
@@ -258,9 +258,9 @@ def _zero_padding_rows(
     BLOCK_M: tl.constexpr,
     GROUP: tl.constexpr,
 ):
-    """Zero the output of the padding tokens among ``pid``'s ``BLOCK_Q`` tokens (by position,
-    not by request) for ``kv_head``'s query heads; most programs have none and store nothing."""
-    first_padding = tl.load(qsl_ptr + NUM_REQS)
+    """Zero the output of the padding tokens (from ``first_padding`` on) among ``pid``'s
+    ``BLOCK_Q`` tokens, by position, not by request, for ``kv_head``'s query heads; most
+    programs have none and store nothing."""
     if (pid + 1) * BLOCK_Q <= first_padding or pid * BLOCK_Q >= NUM_TOKENS:
         return
     offs_m = tl.arange(0, BLOCK_M)
@@ -274,17 +274,22 @@ def _zero_padding_rows(
 
 
 @triton.jit
-def _find_request(qsl_ptr, pid, NUM_REQS: tl.constexpr, SEARCH_STEPS: tl.constexpr, BLOCK_Q):
-    """The last request ``r`` whose first tile ``qsl[r] // BLOCK_Q + r`` is at or before ``pid``."""
-    lo = pid * 0  # an int32 scalar tensor, so the loop can update it
-    hi = lo + NUM_REQS
-    for _ in tl.static_range(SEARCH_STEPS):
-        mid = (lo + hi) // 2
-        first_tile = tl.load(qsl_ptr + mid) // BLOCK_Q + mid
-        right = first_tile <= pid
-        lo = tl.where(right, mid, lo)
-        hi = tl.where(right, hi, mid)
-    return lo
+def _find_request(qsl_ptr, pid, NUM_REQS: tl.constexpr, QSL_PAD: tl.constexpr, BLOCK_Q):
+    """Request ``r`` of tile ``pid`` (the last whose first tile ``qsl[r] // BLOCK_Q + r`` is at
+    or before ``pid``), its first token, its token count, and the first padding token.
+
+    The first tiles increase with ``r``, so ``r`` is the number of requests whose first tile
+    is at or before ``pid``, less one: the whole ``query_start_loc`` comes in one vector load
+    and every value is taken from it, where a binary search waits on ``log2(NUM_REQS)``
+    dependent loads, one after the other."""
+    offs = tl.arange(0, QSL_PAD)
+    qsl = tl.load(qsl_ptr + offs, offs <= NUM_REQS, 0)
+    starts = (offs < NUM_REQS) & (qsl // BLOCK_Q + offs <= pid)
+    req = tl.sum(starts.to(tl.int32), 0) - 1
+    q_start = tl.sum(tl.where(offs == req, qsl, 0), 0)
+    q_end = tl.sum(tl.where(offs == req + 1, qsl, 0), 0)
+    first_padding = tl.sum(tl.where(offs == NUM_REQS, qsl, 0), 0)
+    return req, q_start, q_end - q_start, first_padding
 
 
 @triton.jit
@@ -373,7 +378,7 @@ def ragged_paged_attention_kernel(
     out_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM], not initialised
     NUM_TOKENS: tl.constexpr,
     NUM_REQS: tl.constexpr,
-    SEARCH_STEPS: tl.constexpr,
+    QSL_PAD: tl.constexpr,  # NUM_REQS + 1 rounded up to a power of two
     NUM_Q_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -395,13 +400,11 @@ def ragged_paged_attention_kernel(
     GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
+    req, q_start, q_len, first_padding = _find_request(qsl_ptr, pid, NUM_REQS, QSL_PAD, BLOCK_Q)
     _zero_padding_rows(
-        qsl_ptr, out_ptr, pid, kv_head, NUM_TOKENS, NUM_REQS, NUM_Q_HEADS, HEAD_DIM,
-        HEAD_DIM_PAD, BLOCK_Q, BLOCK_M, GROUP,
+        first_padding, out_ptr, pid, kv_head, NUM_TOKENS, NUM_Q_HEADS, HEAD_DIM, HEAD_DIM_PAD,
+        BLOCK_Q, BLOCK_M, GROUP,
     )  # fmt: skip
-    req = _find_request(qsl_ptr, pid, NUM_REQS, SEARCH_STEPS, BLOCK_Q)
-    q_start = tl.load(qsl_ptr + req)
-    q_len = tl.load(qsl_ptr + req + 1) - q_start
     tile = pid - (q_start // BLOCK_Q + req)
     if tile * BLOCK_Q >= q_len:  # a spare program, or past its request's last token
         return
