@@ -112,6 +112,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
             name: {"count": len(d), "mean_ms": sum(d) / len(d) / 1e3}
             for name, d in sorted(modules.items(), key=lambda kv: -sum(kv[1]))[:8]
         },
+        "one_step": one_step_kernels(kernels),
         "top_kernels": [
             {
                 "name": n,
@@ -138,6 +139,23 @@ def kernel_gaps_us(kernels: list[tuple[float, float, str]]) -> float:
             total += start - end
         end = stop if end is None else max(end, stop)
     return total
+
+
+def one_step_kernels(kernels: list[tuple[float, float, str]]) -> list[dict]:
+    """The kernels of one step, in order: the runs of kernels less than
+    ``_GAP_WITHIN_STEP_US`` apart are the steps' programs; of the longest runs (at least 90%
+    of the most kernels), the middle one, each kernel with its time and the idle gap before it
+    (microseconds). Shows a layer's kernels one by one."""
+    runs, end = [], None
+    for start, stop, name in sorted(kernels):
+        if end is None or start - end >= _GAP_WITHIN_STEP_US:
+            runs.append([])
+        gap = 0.0 if not runs[-1] else max(0.0, start - end)
+        runs[-1].append({"name": name[:60], "us": round(stop - start, 2), "gap_us": round(gap, 2)})
+        end = stop if end is None else max(end, stop)
+    longest = max(len(r) for r in runs)
+    full = [r for r in runs if len(r) >= 0.9 * longest]
+    return full[len(full) // 2]
 
 
 # Kernel names by kind: XLA's Triton matmul fusions (``gemm_fusion_dot...``) and cuBLAS's
@@ -286,7 +304,8 @@ def main() -> None:
         summary = summarize_trace(trace, args.output_len)
         summary["untraced_ms_per_token"] = wall / args.output_len * 1e3
         results[batch] = summary
-        print(f"\n== batch {batch}: {json.dumps(summary, indent=1)}")
+        brief = {k: v for k, v in summary.items() if k != "one_step"}
+        print(f"\n== batch {batch}: {json.dumps(brief, indent=1)}")
         if i == 0:
             host_profile(llm, prompts, args, out)
     (out / "profile.json").write_text(json.dumps(results, indent=1))
