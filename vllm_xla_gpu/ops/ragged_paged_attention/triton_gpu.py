@@ -281,7 +281,8 @@ def _find_request(qsl_ptr, pid, NUM_REQS: tl.constexpr, QSL_PAD: tl.constexpr, B
     The first tiles increase with ``r``, so ``r`` is the number of requests whose first tile
     is at or before ``pid``, less one: the whole ``query_start_loc`` comes in one vector load
     and every value is taken from it, where a binary search waits on ``log2(NUM_REQS)``
-    dependent loads, one after the other."""
+    dependent loads, one after the other (Llama-3.2-1B at batch 1 on an H100: 6.70 -> 6.26 us
+    a layer, docs/performance.md)."""
     offs = tl.arange(0, QSL_PAD)
     qsl = tl.load(qsl_ptr + offs, offs <= NUM_REQS, 0)
     starts = (offs < NUM_REQS) & (qsl // BLOCK_Q + offs <= pid)
