@@ -96,6 +96,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
         per_kernel[name[:80]] += b - a
         counts[name[:80]] += 1
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:20]
+    runs = kernel_runs(kernels)
     return {
         "host_ms_per_step": host_functions(events, device_pids, num_steps),
         **control_flow(events, device_pids, num_steps),
@@ -104,7 +105,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
         "window_ms_per_step": window_us / num_steps / 1e3,
         "device_busy_ms_per_step": busy_us / num_steps / 1e3,
         "kernels_per_step": len(kernels) / num_steps,
-        "kernel_gap_ms_per_step": kernel_gaps_us(kernels) / num_steps / 1e3,
+        "kernel_gap_ms_per_step": kernel_gaps_us(runs) / num_steps / 1e3,
         "ms_per_step_by_kind": {
             kind: us / num_steps / 1e3 for kind, us in kernel_kinds_us(per_kernel).items()
         },
@@ -112,7 +113,7 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
             name: {"count": len(d), "mean_ms": sum(d) / len(d) / 1e3}
             for name, d in sorted(modules.items(), key=lambda kv: -sum(kv[1]))[:8]
         },
-        "one_step": one_step_kernels(kernels),
+        "one_step": one_step_kernels(runs),
         "top_kernels": [
             {
                 "name": n,
@@ -130,32 +131,35 @@ def summarize_trace(path: pathlib.Path, num_steps: int) -> dict:
 _GAP_WITHIN_STEP_US = 20.0
 
 
-def kernel_gaps_us(kernels: list[tuple[float, float, str]]) -> float:
-    """Total device idle time between consecutive kernels less than ``_GAP_WITHIN_STEP_US``
-    apart: what a step's kernels lose to launch latency inside its graph."""
-    total, end = 0.0, None
-    for start, stop, _ in sorted(kernels):
-        if end is not None and 0 < start - end < _GAP_WITHIN_STEP_US:
-            total += start - end
-        end = stop if end is None else max(end, stop)
-    return total
-
-
-def one_step_kernels(kernels: list[tuple[float, float, str]]) -> list[dict]:
-    """The kernels of one step, in order: the runs of kernels less than
-    ``_GAP_WITHIN_STEP_US`` apart are the steps' programs; of the longest runs (at least 90%
-    of the most kernels), the middle one, each kernel with its time and the idle gap before it
-    (microseconds). Shows a layer's kernels one by one."""
+def kernel_runs(kernels: list[tuple[float, float, str]]) -> list[list[dict]]:
+    """The kernels in order, split into runs wherever the device idled at least
+    ``_GAP_WITHIN_STEP_US`` (a step's program is one run, or several back to back); each kernel
+    with its time and the idle gap before it within its run (microseconds)."""
     runs, end = [], None
     for start, stop, name in sorted(kernels):
         if end is None or start - end >= _GAP_WITHIN_STEP_US:
             runs.append([])
         gap = 0.0 if not runs[-1] else max(0.0, start - end)
-        runs[-1].append({"name": name[:60], "us": round(stop - start, 2), "gap_us": round(gap, 2)})
+        runs[-1].append({"name": name[:60], "us": stop - start, "gap_us": gap})
         end = stop if end is None else max(end, stop)
+    return runs
+
+
+def kernel_gaps_us(runs: list[list[dict]]) -> float:
+    """Total device idle time inside the runs: what the steps' kernels lose to launch latency
+    inside their graphs."""
+    return sum(k["gap_us"] for run in runs for k in run)
+
+
+def one_step_kernels(runs: list[list[dict]]) -> list[dict]:
+    """The kernels of one step, in order: of the longest runs (at least 90% of the most
+    kernels), the middle one, times rounded to 0.01 us. Shows a layer's kernels one by one."""
     longest = max(len(r) for r in runs)
     full = [r for r in runs if len(r) >= 0.9 * longest]
-    return full[len(full) // 2]
+    return [
+        {**k, "us": round(k["us"], 2), "gap_us": round(k["gap_us"], 2)}
+        for k in full[len(full) // 2]
+    ]
 
 
 # Kernel names by kind: XLA's Triton matmul fusions (``gemm_fusion_dot...``) and cuBLAS's
@@ -270,7 +274,7 @@ def print_table(results: dict) -> None:
         f"{'matmul':>6} {'attn':>6} {'other':>6}"
     )
     for batch, r in results.items():
-        kinds = r.get("ms_per_step_by_kind", {})
+        kinds = r["ms_per_step_by_kind"]
         print(
             f"{batch:>5} {r['untraced_ms_per_token']:>8.3f} {r['device_busy_ms_per_step']:>7.3f} "
             f"{r['kernel_gap_ms_per_step']:>6.3f} {r['kernels_per_step']:>7.1f} "
