@@ -208,22 +208,29 @@ def launch_cases(num_launches: int) -> dict:
     cache = [jnp.zeros(shape, jnp.bfloat16)]
     k = jnp.ones((1, 1, 64), jnp.bfloat16)
 
+    def packed(k):  # pack_qkv's layout with no q: the K and V rows of one token
+        return jnp.concatenate([k, k], axis=1).reshape(1, 128)
+
     def ffi_writes(k, slots, cache):
+        qkv = packed(k)
         for i in range(num_launches):
-            cache = triton_gpu.write_kv_cache(k, k, cache, slots + i)
+            cache = triton_gpu.write_kv_cache(qkv, cache, slots + i, k_col=0)
         return cache
 
     def xla_triton_writes(k, slots, cache):
+        qkv = packed(k)
         for i in range(num_launches):
             cache = xla_triton_call(
                 triton_gpu.write_kv_kernel,
-                *(k, k, slots + i, cache),
+                *(qkv, slots + i, cache),
                 out_shape=jax.ShapeDtypeStruct(shape, jnp.bfloat16),
                 grid=(1,),
-                input_output_aliases={3: 0},
+                input_output_aliases={2: 0},
                 ROW=64,
                 ROW_PAD=64,
                 NUM_SLOTS=1024,
+                QKV_ROW=128,
+                K_COL=0,
             )
         return cache
 

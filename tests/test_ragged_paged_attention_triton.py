@@ -62,6 +62,13 @@ def small_config(module, group: int, read_inputs: bool = True):
     )
 
 
+def packed_qkv(step: Step, dtype: torch.dtype) -> torch.Tensor:
+    """``step``'s q, k and v side by side, ``[num_tokens, (Hq + 2 * Hkv) * head_dim]``, as
+    ``triton_gpu.pack_qkv`` hands them to both kernels."""
+    parts = [torch.tensor(x).to(dtype).reshape(x.shape[0], -1) for x in (step.q, step.k, step.v)]
+    return torch.cat(parts, dim=1)
+
+
 def run_interpreted(module, step: Step, dtype, config: str, **options) -> np.ndarray:
     """The kernel in Triton's interpreter on ``step`` (cache already written, as in the wrapper)."""
     torch_dtype = {jnp.float32: torch.float32, jnp.float16: torch.float16}[dtype]
@@ -80,7 +87,7 @@ def run_interpreted(module, step: Step, dtype, config: str, **options) -> np.nda
     # Not zeroed, as XLA hands the kernel its output: every row must be written, padding too.
     out = torch.full(step.q.shape, float("nan"), dtype=torch_dtype)
     module.ragged_paged_attention_kernel[(num_tokens // cfg.block_q + num_reqs, num_kv_heads)](
-        *(torch.tensor(x).to(torch_dtype) for x in (step.q, step.k, step.v)),
+        packed_qkv(step, torch_dtype),
         torch.tensor(step.expected_kv_cache).to(torch_dtype),
         *(torch.tensor(x) for x in (step.md.block_tables, step.md.seq_lens)),
         torch.tensor(step.md.query_start_loc),
@@ -165,15 +172,17 @@ def test_interpreted_kv_write_is_exact(interpreted, case: str) -> None:
     num_tokens, num_kv_heads, head_dim = step.k.shape
     _, num_blocks, block_size, _, _ = step.kv_cache.shape
     cache = torch.tensor(step.kv_cache)
+    qkv = packed_qkv(step, torch.float32)
     interpreted.write_kv_kernel[(num_tokens,)](
-        torch.tensor(step.k),
-        torch.tensor(step.v),
+        qkv,
         torch.tensor(step.md.slot_mapping),
         cache,
         cache,  # in and out are one buffer, as under input_output_aliases
         ROW=num_kv_heads * head_dim,
         ROW_PAD=128,
         NUM_SLOTS=num_blocks * block_size,
+        QKV_ROW=qkv.shape[1],
+        K_COL=step.q.shape[1] * head_dim,
     )
     np.testing.assert_array_equal(cache.numpy(), step.expected_kv_cache)  # NaN == NaN here
 

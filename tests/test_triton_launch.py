@@ -93,18 +93,19 @@ from vllm_xla_gpu.ops.ragged_paged_attention import triton_gpu
 
 num_tokens, shape = 6, (2, 8, 16, 2, 64)  # [2, blocks, block, kv heads, dim]
 prim = Primitive("kv_write_xla_mode")
-prim.def_abstract_eval(lambda *a, **p: a[3])
+prim.def_abstract_eval(lambda *a, **p: a[2])
 types = {"bfloat16": "*bf16", "int32": "*i32"}
 rule = lambda ctx, *args, **params: triton_launch._xla_lowering(
     lambda aval: types[aval.dtype.name], ctx, *args, **params)
 mlir.register_lowering(prim, rule, platform="cuda")
-kv = jax.ShapeDtypeStruct((num_tokens, 2, 64), jnp.bfloat16)
-args = (kv, kv, jax.ShapeDtypeStruct((num_tokens,), jnp.int32),
+qkv = jax.ShapeDtypeStruct((num_tokens, 512), jnp.bfloat16)  # 4 q heads | 2 k | 2 v, 64 each
+args = (qkv, jax.ShapeDtypeStruct((num_tokens,), jnp.int32),
         jax.ShapeDtypeStruct(shape, jnp.bfloat16))
-write = lambda k, v, slots, cache: prim.bind(
-    k, v, slots, cache, fn=triton_gpu.write_kv_kernel, scalar_args=(), grid=(num_tokens,),
+write = lambda qkv, slots, cache: prim.bind(
+    qkv, slots, cache, fn=triton_gpu.write_kv_kernel, scalar_args=(), grid=(num_tokens,),
     num_warps=4, num_stages=2, num_ctas=1, compute_capability=90,
-    input_output_aliases=((3, 0),), zeroed_outputs=(), ROW=128, ROW_PAD=128, NUM_SLOTS=128)
+    input_output_aliases=((2, 0),), zeroed_outputs=(), ROW=128, ROW_PAD=128, NUM_SLOTS=128,
+    QKV_ROW=512, K_COL=256)
 text = jax.jit(write).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 # The attention kernel at a decode-heavy and a prefill step: its TTIR signature.
@@ -117,7 +118,7 @@ for tokens in (8, 64):
     q = S((tokens, 8, 64), jnp.bfloat16)
     cfg = triton_gpu.kernel_config(tokens, 8, 4, 64)
     constants = triton_gpu.kernel_constants(q, cache, md, cfg, 0.125, None, None)
-    pointers = ["*bf16"] * 4 + ["*i32"] * 3 + ["*bf16"]  # q k v cache | tables lens qsl | out
+    pointers = ["*bf16"] * 2 + ["*i32"] * 3 + ["*bf16"]  # qkv cache | tables lens qsl | out
     name, ttir = triton_launch.kernel_ttir(
         triton_gpu.ragged_paged_attention_kernel, pointers, constants, cfg.num_warps,
         cfg.num_stages, 90)
@@ -145,17 +146,17 @@ def test_xla_mode_hands_xla_the_kernels_own_signature():
     assert 'name = "write_kv_kernel"' in line
     assert "grid_x = 6 : i32, grid_y = 1 : i32, grid_z = 1 : i32" in line
     assert "num_warps = 4 : i32" in line and "num_stages = 2 : i32" in line
-    assert "operand_index = 3" in line  # the cache: updated in place
+    assert "operand_index = 2" in line  # the cache: updated in place
     ir = re.search(r'ir = "(.*?)", name', line).group(1)
     [signature] = re.findall(r"tt\.func public @write_kv_kernel\((.*?)\) attributes", ir)
     pointers = re.findall(r"!tt\.ptr<(\w+)>", signature)
-    # k, v, slot_mapping, the cache in, the cache out: the kernel's five pointers, no constexpr.
-    assert pointers == ["bf16", "bf16", "i32", "bf16", "bf16"]
+    # q|k|v, slot_mapping, the cache in, the cache out: the kernel's four pointers, no constexpr.
+    assert pointers == ["bf16", "i32", "bf16", "bf16"]
     for name, ttir in json.loads(run.stdout)["attention"]:  # decode-heavy, then prefill tiles
         [signature] = re.findall(rf"tt\.func public @{name}\((.*?)\) attributes", ttir)
         pointers = re.findall(r"!tt\.ptr<(\w+)>", signature)
         assert name == "ragged_paged_attention_kernel"
-        assert pointers == ["bf16"] * 4 + ["i32"] * 3 + ["bf16"]
+        assert pointers == ["bf16"] * 2 + ["i32"] * 3 + ["bf16"]
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="lowers the Triton kernel for CUDA")

@@ -1,11 +1,13 @@
 """Ragged paged attention on NVIDIA GPUs: a Triton kernel called from JAX through ``jax-triton``.
 
 Same signature and semantics as ``reference.py`` (read its docstring first: KV layout, metadata,
-masking rules). Two launches per layer: :func:`write_kv_kernel` copies each token's K/V row into
-its slot, on the cache buffer itself (``input_output_aliases``: XLA hands the kernel the donated
-cache and treats the result as the same buffer, so no cache-sized copy can appear, which XLA's
-scatter on the GPU did not guarantee); then the attention kernel serves decode, prefill, chunked
-prefill and mixed batches alike.
+masking rules). Both launches of a layer read one input, ``q``, ``k`` and ``v`` side by side
+(:func:`pack_qkv`: one XLA fusion with the rotary embeddings that produce them, where three
+operands cost three kernels). :func:`write_kv_kernel` copies each token's K/V row into its slot,
+on the cache buffer itself (``input_output_aliases``: XLA hands the kernel the donated cache and
+treats the result as the same buffer, so no cache-sized copy can appear, which XLA's scatter on
+the GPU did not guarantee); then the attention kernel serves decode, prefill, chunked prefill and
+mixed batches alike.
 
 Work decomposition
 ------------------
@@ -35,9 +37,9 @@ not depend on the page size. Scores use the online softmax (running max and sum 
 past the last token are never loaded, so stale or NaN pages cannot leak into the output.
 
 Prefill tiles (``KernelConfig.read_inputs``) read the unmasked chunks that hold only this
-step's positions (from the request's ``context`` on) straight from the ``k``/``v`` inputs,
-token ``query_start_loc[r] + j - context`` for position ``j``: contiguous rows instead of a
-page gather, and the same values, since the write launch has just copied them to the slots
+step's positions (from the request's ``context`` on) straight from the packed K/V input,
+token ``query_start_loc[r] + j - context`` for position ``j``: rows at a fixed stride instead of
+a page gather, and the same values, since the write launch has just copied them to the slots
 ``slot_mapping`` names, which are those ``block_tables`` names (vLLM builds both from one block
 table). Masked chunks and chunks that straddle ``context`` read the cache, so no loop loads
 from two sources: such a loop costs decode tiles registers or shared memory enough to hold
@@ -77,7 +79,7 @@ class KernelConfig:
     num_warps: int
     num_stages: int
     # Read KV chunks that lie wholly at or past a request's ``context`` (this step's own
-    # positions) from the contiguous ``k``/``v`` inputs instead of gathering them from pages.
+    # positions) from the packed ``k``/``v`` input instead of gathering them from pages.
     # Worth it for prefill tiles; a decode tile has no such chunk, and the extra loop would
     # only cost its registers.
     read_inputs: bool = False
@@ -131,15 +133,13 @@ def ragged_paged_attention(
     num_tokens, num_q_heads, head_dim = q.shape
     if num_tokens == 0:
         return jnp.zeros_like(q), kv_cache
-    k, v = k.astype(kv_cache.dtype), v.astype(kv_cache.dtype)
-    kv_cache = write_kv_cache(k, v, kv_cache, md.slot_mapping)
+    qkv = pack_qkv(q, k, v, kv_cache.dtype)
+    kv_cache = write_kv_cache(qkv, kv_cache, md.slot_mapping, k_col=num_q_heads * head_dim)
     num_kv_heads = kv_cache.shape[3]
     num_reqs = md.block_tables.shape[0]
     cfg = config or kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
     out = jax_triton.triton_call(
-        q,
-        k,
-        v,
+        qkv,
         kv_cache,
         md.block_tables,
         md.seq_lens,
@@ -154,11 +154,34 @@ def ragged_paged_attention(
     return out, kv_cache
 
 
-def write_kv_cache(
+def pack_qkv(
+    q: jax.Array,  # [num_tokens, num_q_heads, head_dim]
     k: jax.Array,  # [num_tokens, num_kv_heads, head_dim]
     v: jax.Array,  # [num_tokens, num_kv_heads, head_dim]
+    dtype: jnp.dtype,
+) -> jax.Array:
+    """``q``, ``k`` and ``v`` side by side in one ``[num_tokens, (Hq + 2 * Hkv) * head_dim]``
+    array of ``dtype`` (the cache's), the one input both launches read.
+
+    Why one array: a custom call's operands must be dense buffers of their own, so XLA writes
+    each of ``q``, ``k`` and ``v`` out of the fused QKV projection before the launches; with
+    three operands that was three kernels a layer (the two rotary embeddings and a copy of V,
+    1.2-1.5 us each at batch 1 on an H100, docs/performance.md). Their concatenation is one
+    loop fusion that computes the rotary embeddings as it writes.
+    """
+    if q.dtype != dtype:
+        raise ValueError(f"the Triton kernel needs q in the cache's dtype: {q.dtype=}, {dtype=}")
+    num_tokens = q.shape[0]
+    parts = (q, k.astype(dtype), v.astype(dtype))
+    return jnp.concatenate([x.reshape(num_tokens, -1) for x in parts], axis=1)
+
+
+def write_kv_cache(
+    qkv: jax.Array,  # [num_tokens, k_col + 2 * num_kv_heads * head_dim], from pack_qkv
     kv_cache: jax.Array,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping: jax.Array,  # i32[num_tokens], -1 for padding tokens
+    *,
+    k_col: int,  # column of qkv where K starts (V follows it)
 ) -> jax.Array:
     """The reference's ``write_kv_cache`` as a Triton launch that updates the cache in place."""
     import jax_triton
@@ -167,30 +190,32 @@ def write_kv_cache(
     _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
     row = num_kv_heads * head_dim
     return jax_triton.triton_call(
-        k.astype(kv_cache.dtype),
-        v.astype(kv_cache.dtype),
+        qkv,
         slot_mapping,
         kv_cache,
         kernel=write_kv_kernel,
         out_shape=jax.ShapeDtypeStruct(kv_cache.shape, kv_cache.dtype),
-        grid=(k.shape[0],),
-        input_output_aliases={3: 0},  # the cache is updated where it lies
+        grid=(qkv.shape[0],),
+        input_output_aliases={2: 0},  # the cache is updated where it lies
         ROW=row,
         ROW_PAD=triton.next_power_of_2(row),
         NUM_SLOTS=num_blocks * block_size,
+        QKV_ROW=qkv.shape[1],
+        K_COL=k_col,
     )
 
 
 @triton.jit
 def write_kv_kernel(
-    k_ptr,  # [num_tokens, ROW]
-    v_ptr,  # [num_tokens, ROW]
+    qkv_ptr,  # [num_tokens, QKV_ROW]: K from column K_COL, V right after it
     slot_ptr,  # i32[num_tokens]
     kv_in_ptr,  # the cache; the same buffer as kv_ptr (aliased)
     kv_ptr,  # [2, NUM_SLOTS, ROW]
     ROW: tl.constexpr,  # num_kv_heads * head_dim
     ROW_PAD: tl.constexpr,
     NUM_SLOTS: tl.constexpr,
+    QKV_ROW: tl.constexpr,
+    K_COL: tl.constexpr,
 ):
     """Token ``program_id`` copies its K and V rows to its slot; padding tokens (slot -1) don't."""
     token = tl.program_id(0)
@@ -199,10 +224,10 @@ def write_kv_kernel(
         return
     offs = tl.arange(0, ROW_PAD)
     ok = offs < ROW
-    src = token.to(tl.int64) * ROW + offs
+    src = token.to(tl.int64) * QKV_ROW + K_COL + offs
     dst = slot.to(tl.int64) * ROW + offs
-    tl.store(kv_ptr + dst, tl.load(k_ptr + src, ok), ok)
-    tl.store(kv_ptr + NUM_SLOTS * ROW + dst, tl.load(v_ptr + src, ok), ok)
+    tl.store(kv_ptr + dst, tl.load(qkv_ptr + src, ok), ok)
+    tl.store(kv_ptr + NUM_SLOTS * ROW + dst, tl.load(qkv_ptr + src + ROW, ok), ok)
 
 
 def kernel_constants(
@@ -308,7 +333,7 @@ def _attend_chunk(
     offs_d,
     d_ok,
     kv_ptr,
-    k_ptr,
+    k_ptr,  # this step's K rows, QKV_ROW apart (pack_qkv's K columns)
     v_ptr,
     block_tables_ptr,
     MASKED: tl.constexpr,  # False: every row sees every position of the chunk
@@ -316,6 +341,7 @@ def _attend_chunk(
     NUM_BLOCKS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    QKV_ROW: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     MAX_BLOCKS: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -330,7 +356,7 @@ def _attend_chunk(
     n_ok = offs_n < kv_hi
     kv_mask = n_ok[:, None] & d_ok[None, :]
     if FROM_INPUTS:
-        row = (input_row + offs_n).to(tl.int64) * (NUM_KV_HEADS * HEAD_DIM) + kv_head * HEAD_DIM
+        row = (input_row + offs_n).to(tl.int64) * QKV_ROW + kv_head * HEAD_DIM
         in_offs = row[:, None] + offs_d[None, :]
         k = tl.load(k_ptr + in_offs, kv_mask, 0.0)
         v = tl.load(v_ptr + in_offs, kv_mask, 0.0)
@@ -369,9 +395,7 @@ def _attend_chunk(
 
 @triton.jit
 def ragged_paged_attention_kernel(
-    q_ptr,  # [num_tokens, NUM_Q_HEADS, HEAD_DIM]
-    k_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM], the cache's dtype (also written to the cache)
-    v_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]
+    qkv_ptr,  # [num_tokens, (NUM_Q_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM]: pack_qkv's q | k | v
     kv_ptr,  # [2, NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM], this step's K/V written
     block_tables_ptr,  # i32[NUM_REQS, MAX_BLOCKS]
     seq_lens_ptr,  # i32[NUM_REQS]
@@ -399,6 +423,9 @@ def ragged_paged_attention_kernel(
 ):
     """One q tile of one request against one KV head: see the module docstring."""
     GROUP: tl.constexpr = NUM_Q_HEADS // NUM_KV_HEADS
+    QKV_ROW: tl.constexpr = (NUM_Q_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
+    k_ptr = qkv_ptr + NUM_Q_HEADS * HEAD_DIM
+    v_ptr = k_ptr + NUM_KV_HEADS * HEAD_DIM
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     req, q_start, q_len, first_padding = _find_request(qsl_ptr, pid, NUM_REQS, QSL_PAD, BLOCK_Q)
@@ -420,7 +447,8 @@ def ragged_paged_attention_kernel(
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < HEAD_DIM
     q_rows = (q_start + q_idx).to(tl.int64) * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM
-    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], row_ok[:, None] & d_ok[None, :], 0.0)
+    q_offs = (q_start + q_idx).to(tl.int64) * QKV_ROW + head * HEAD_DIM
+    q = tl.load(qkv_ptr + q_offs[:, None] + offs_d[None, :], row_ok[:, None] & d_ok[None, :], 0.0)
 
     # KV positions this tile reads: [kv_lo, kv_hi).
     last_q = tl.minimum(tile * BLOCK_Q + BLOCK_Q, q_len) - 1
@@ -452,23 +480,23 @@ def ragged_paged_attention_kernel(
         acc, l_i, m_i = _attend_chunk(
             q, acc, l_i, m_i, start, kv_hi, pos, input_row, req, kv_head, offs_d, d_ok, kv_ptr,
             k_ptr, v_ptr, block_tables_ptr, False, False, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM,
-            BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW,
-            DOT_PRECISION,
+            QKV_ROW, BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP,
+            SLIDING_WINDOW, DOT_PRECISION,
         )  # fmt: skip
     if READ_INPUTS:
         for start in range(inputs_lo, full_hi, BLOCK_N):
             acc, l_i, m_i = _attend_chunk(
                 q, acc, l_i, m_i, start, kv_hi, pos, input_row, req, kv_head, offs_d, d_ok,
                 kv_ptr, k_ptr, v_ptr, block_tables_ptr, False, True, NUM_BLOCKS, NUM_KV_HEADS,
-                HEAD_DIM, BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP,
+                HEAD_DIM, QKV_ROW, BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP,
                 SLIDING_WINDOW, DOT_PRECISION,
             )  # fmt: skip
     for start in range(full_hi, kv_hi, BLOCK_N):
         acc, l_i, m_i = _attend_chunk(
             q, acc, l_i, m_i, start, kv_hi, pos, input_row, req, kv_head, offs_d, d_ok, kv_ptr,
             k_ptr, v_ptr, block_tables_ptr, True, False, NUM_BLOCKS, NUM_KV_HEADS, HEAD_DIM,
-            BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP, SLIDING_WINDOW,
-            DOT_PRECISION,
+            QKV_ROW, BLOCK_SIZE, MAX_BLOCKS, BLOCK_N, SCALE_LOG2, SM_SCALE, SOFT_CAP,
+            SLIDING_WINDOW, DOT_PRECISION,
         )  # fmt: skip
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
