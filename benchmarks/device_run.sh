@@ -54,10 +54,12 @@ mkdir -p "$out"
 # The device tool brings back at most 8 files from $OUT: with more there (an A/B of five runs
 # writes ten), everything is put into one results-N.tgz at exit instead, so none is lost (each
 # invocation its own N; a log that the caller tees into $OUT is packed only if it was closed).
+# PACK_OVER sets that threshold: a second invocation of one call (OUT=$OUT/sub) should pass
+# PACK_OVER=0, since the 8 files count over the whole call, not per invocation.
 pack_out() {
   local files tgz
   files=$(find "$out" -type f ! -name 'results-*.tgz' | wc -l)
-  if [ "$files" -gt 7 ]; then
+  if [ "$files" -gt "${PACK_OVER:-7}" ]; then
     tgz="results-$(date +%s).tgz"
     tar -czf "/tmp/$tgz" -C "$out" --exclude='results-*.tgz' . &&
       find "$out" -type f ! -name 'results-*.tgz' -delete && mv "/tmp/$tgz" "$out/$tgz"
