@@ -12,7 +12,9 @@ and the engine's own Python per step, as long as C < 2 D.
 Measured on H200s (docs/performance.md, ninth session): Llama-3.2-1B at batch 1 took 1.56 ms a
 token against 1.76 (medians of six and five runs, on three machines; lower in every call), its
 128/128 throughput moved within the spread between runs, and Qwen3-0.6B, whose launch (2.0 ms)
-is longer than its device step, gained nothing.
+is longer than its device step, gained nothing. On one H100 (thirteenth session), Llama-3.2-1B
+took 1.36-1.45 ms a token against 1.64-1.79 (four engine starts each, two calls), about its
+device step, and 128/128 and 1024/128 throughput were no lower.
 
 vLLM's scheduler already tracks several in-flight steps per request (its output placeholders,
 which pipeline parallelism uses), and the runner reads every unknown input token from the
