@@ -35,6 +35,7 @@ from vllm_xla_gpu.ops.ragged_paged_attention import reference, triton_gpu
 ATOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2, jnp.float16: 1e-2}
 RTOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2, jnp.float16: 1e-2}
 ON_GPU = jax.default_backend() == "gpu"
+TORCH_DTYPE = {jnp.float32: torch.float32, jnp.float16: torch.float16}
 
 
 @pytest.fixture
@@ -62,16 +63,17 @@ def small_config(module, group: int, read_inputs: bool = True):
     )
 
 
-def packed_qkv(step: Step, dtype: torch.dtype) -> torch.Tensor:
-    """``step``'s q, k and v side by side, ``[num_tokens, (Hq + 2 * Hkv) * head_dim]``, as
-    ``triton_gpu.pack_qkv`` hands them to both kernels."""
-    parts = [torch.tensor(x).to(dtype).reshape(x.shape[0], -1) for x in (step.q, step.k, step.v)]
-    return torch.cat(parts, dim=1)
+def packed_qkv(step: Step, dtype) -> torch.Tensor:
+    """``step``'s q, k and v side by side as ``triton_gpu.pack_qkv`` (run here by XLA:CPU)
+    hands them to both kernels, as a torch tensor for the interpreter."""
+    q, k, v = (jnp.asarray(x, dtype) for x in (step.q, step.k, step.v))
+    qkv = np.asarray(triton_gpu.pack_qkv(q, k, v, q.dtype))
+    return torch.tensor(qkv.astype(np.float32)).to(TORCH_DTYPE[dtype])
 
 
 def run_interpreted(module, step: Step, dtype, config: str, **options) -> np.ndarray:
     """The kernel in Triton's interpreter on ``step`` (cache already written, as in the wrapper)."""
-    torch_dtype = {jnp.float32: torch.float32, jnp.float16: torch.float16}[dtype]
+    torch_dtype = TORCH_DTYPE[dtype]
     num_tokens, num_q_heads, head_dim = step.q.shape
     num_kv_heads = step.kv_cache.shape[3]
     num_reqs = step.md.block_tables.shape[0]
@@ -87,7 +89,7 @@ def run_interpreted(module, step: Step, dtype, config: str, **options) -> np.nda
     # Not zeroed, as XLA hands the kernel its output: every row must be written, padding too.
     out = torch.full(step.q.shape, float("nan"), dtype=torch_dtype)
     module.ragged_paged_attention_kernel[(num_tokens // cfg.block_q + num_reqs, num_kv_heads)](
-        packed_qkv(step, torch_dtype),
+        packed_qkv(step, dtype),
         torch.tensor(step.expected_kv_cache).to(torch_dtype),
         *(torch.tensor(x) for x in (step.md.block_tables, step.md.seq_lens)),
         torch.tensor(step.md.query_start_loc),
@@ -172,7 +174,7 @@ def test_interpreted_kv_write_is_exact(interpreted, case: str) -> None:
     num_tokens, num_kv_heads, head_dim = step.k.shape
     _, num_blocks, block_size, _, _ = step.kv_cache.shape
     cache = torch.tensor(step.kv_cache)
-    qkv = packed_qkv(step, torch.float32)
+    qkv = packed_qkv(step, jnp.float32)
     interpreted.write_kv_kernel[(num_tokens,)](
         qkv,
         torch.tensor(step.md.slot_mapping),
