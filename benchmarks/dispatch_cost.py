@@ -208,13 +208,13 @@ def launch_cases(num_launches: int) -> dict:
     cache = [jnp.zeros(shape, jnp.bfloat16)]
     k = jnp.ones((1, 1, 64), jnp.bfloat16)
 
-    def packed(k):  # pack_qkv's layout with no q: the K and V rows of one token
-        return jnp.concatenate([k, k], axis=1).reshape(1, 128)
+    def packed(k):  # pack_qkv with no query heads: the K and V rows of one token
+        return triton_gpu.pack_qkv(jnp.zeros((1, 0, 64), k.dtype), k, k, k.dtype)
 
     def ffi_writes(k, slots, cache):
         qkv = packed(k)
         for i in range(num_launches):
-            cache = triton_gpu.write_kv_cache(qkv, cache, slots + i, k_col=0)
+            cache = triton_gpu.write_kv_cache(qkv, cache, slots + i)
         return cache
 
     def xla_triton_writes(k, slots, cache):
@@ -230,7 +230,6 @@ def launch_cases(num_launches: int) -> dict:
                 ROW_PAD=64,
                 NUM_SLOTS=1024,
                 QKV_ROW=128,
-                K_COL=0,
             )
         return cache
 

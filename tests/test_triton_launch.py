@@ -105,7 +105,7 @@ write = lambda qkv, slots, cache: prim.bind(
     qkv, slots, cache, fn=triton_gpu.write_kv_kernel, scalar_args=(), grid=(num_tokens,),
     num_warps=4, num_stages=2, num_ctas=1, compute_capability=90,
     input_output_aliases=((2, 0),), zeroed_outputs=(), ROW=128, ROW_PAD=128, NUM_SLOTS=128,
-    QKV_ROW=512, K_COL=256)
+    QKV_ROW=512)
 text = jax.jit(write).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 # The attention kernel at a decode-heavy and a prefill step: its TTIR signature.

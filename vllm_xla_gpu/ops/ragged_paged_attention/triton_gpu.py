@@ -134,7 +134,7 @@ def ragged_paged_attention(
     if num_tokens == 0:
         return jnp.zeros_like(q), kv_cache
     qkv = pack_qkv(q, k, v, kv_cache.dtype)
-    kv_cache = write_kv_cache(qkv, kv_cache, md.slot_mapping, k_col=num_q_heads * head_dim)
+    kv_cache = write_kv_cache(qkv, kv_cache, md.slot_mapping)
     num_kv_heads = kv_cache.shape[3]
     num_reqs = md.block_tables.shape[0]
     cfg = config or kernel_config(num_tokens, num_reqs, num_q_heads // num_kv_heads, head_dim)
@@ -177,11 +177,9 @@ def pack_qkv(
 
 
 def write_kv_cache(
-    qkv: jax.Array,  # [num_tokens, k_col + 2 * num_kv_heads * head_dim], from pack_qkv
+    qkv: jax.Array,  # [num_tokens, ... | K | V], from pack_qkv: each row ends in its K and V
     kv_cache: jax.Array,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
     slot_mapping: jax.Array,  # i32[num_tokens], -1 for padding tokens
-    *,
-    k_col: int,  # column of qkv where K starts (V follows it)
 ) -> jax.Array:
     """The reference's ``write_kv_cache`` as a Triton launch that updates the cache in place."""
     import jax_triton
@@ -201,13 +199,12 @@ def write_kv_cache(
         ROW_PAD=triton.next_power_of_2(row),
         NUM_SLOTS=num_blocks * block_size,
         QKV_ROW=qkv.shape[1],
-        K_COL=k_col,
     )
 
 
 @triton.jit
 def write_kv_kernel(
-    qkv_ptr,  # [num_tokens, QKV_ROW]: K from column K_COL, V right after it
+    qkv_ptr,  # [num_tokens, QKV_ROW]: each row ends in the token's K, then its V
     slot_ptr,  # i32[num_tokens]
     kv_in_ptr,  # the cache; the same buffer as kv_ptr (aliased)
     kv_ptr,  # [2, NUM_SLOTS, ROW]
@@ -215,9 +212,9 @@ def write_kv_kernel(
     ROW_PAD: tl.constexpr,
     NUM_SLOTS: tl.constexpr,
     QKV_ROW: tl.constexpr,
-    K_COL: tl.constexpr,
 ):
     """Token ``program_id`` copies its K and V rows to its slot; padding tokens (slot -1) don't."""
+    K_COL: tl.constexpr = QKV_ROW - 2 * ROW
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token)
     if slot < 0:
@@ -446,8 +443,9 @@ def ragged_paged_attention_kernel(
     pos = context + q_idx
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_ok = offs_d < HEAD_DIM
-    q_rows = (q_start + q_idx).to(tl.int64) * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM
-    q_offs = (q_start + q_idx).to(tl.int64) * QKV_ROW + head * HEAD_DIM
+    token = (q_start + q_idx).to(tl.int64)
+    q_rows = token * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM  # in the output
+    q_offs = token * QKV_ROW + head * HEAD_DIM  # in the packed input
     q = tl.load(qkv_ptr + q_offs[:, None] + offs_d[None, :], row_ok[:, None] & d_ok[None, :], 0.0)
 
     # KV positions this tile reads: [kv_lo, kv_hi).
