@@ -114,3 +114,26 @@ def test_unsupported_feature_fails_at_startup_naming_it(option, named, tiny_chec
 
     with pytest.raises(NotImplementedError, match=named):
         LLM(model=str(tiny_checkpoint("llama")), skip_tokenizer_init=True, **option)
+
+
+def _token_buckets(worker) -> list[int]:
+    return worker.model_runner.token_buckets
+
+
+def test_bucket_padding_gap_serves_hf_greedy_without_compiling(tiny_checkpoint, monkeypatch):
+    """``VLLM_XLA_GPU_BUCKET_PADDING_GAP``: the runner pads to the gap's buckets (here a 96-token
+    one that powers of two lack), precompiles them all and serves Hugging Face's greedy tokens."""
+    monkeypatch.setenv("VLLM_XLA_GPU_BUCKET_PADDING_GAP", "32")
+    path = tiny_checkpoint("llama")
+    rng = np.random.default_rng(8)
+    # An 80-token prompt alone prefills in the 96-token bucket; then a mix of steps.
+    groups = [[80], [70, 90, 5]]
+    prompts = [[rng.integers(3, 500, size=n).tolist() for n in group] for group in groups]
+    with make_llm(path, max_num_batched_tokens=128) as llm:
+        assert llm.collective_rpc(_token_buckets)[0] == [16, 32, 64, 96, 128]
+        got = [
+            [list(o.outputs[0].token_ids) for o in llm.generate(_tokens_prompts(p), GREEDY)]
+            for p in prompts
+        ]
+        assert compiles_since_warmup(llm) == 0
+    assert got == [hf_greedy(path, p, GREEDY.max_tokens) for p in prompts]

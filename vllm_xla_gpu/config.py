@@ -12,6 +12,9 @@ Environment variables (all optional):
 ``VLLM_XLA_GPU_CACHE_DIR``            JAX persistent compilation cache (default
                                       ``~/.cache/vllm_xla_gpu/jax``); ``off`` disables it.
 ``VLLM_XLA_GPU_MIN_TOKENS``           smallest token bucket (default 16).
+``VLLM_XLA_GPU_BUCKET_PADDING_GAP``   token buckets: powers of two up to this many tokens, then
+                                      steps of it (default 0: powers of two throughout; the knob
+                                      of vLLM's TPU backend, ``runner/buckets.py``).
 ``VLLM_XLA_GPU_PRECOMPILE``           ``0`` skips compiling every bucket at start-up (debug only:
                                       serving then compiles on first use of each shape).
 ``VLLM_XLA_GPU_COMPILE_THREADS``      programs compiled at once at start-up (default: up to 4).
@@ -101,6 +104,7 @@ class XlaGpuConfig:
             (``"auto"`` picks the best registered one for the device).
         compilation_cache_dir: JAX persistent compilation cache directory, or None.
         min_token_bucket: smallest padded token count of a step.
+        bucket_padding_gap: token buckets step by this above it (0: powers of two throughout).
         precompile: compile every bucket at start-up.
         compile_threads: start-up compilations in flight at once; 0 = the runner's default
             for the device.
@@ -120,6 +124,7 @@ class XlaGpuConfig:
     attention_impl: str
     compilation_cache_dir: str | None
     min_token_bucket: int
+    bucket_padding_gap: int
     precompile: bool
     compile_threads: int
     cpu_kv_cache_bytes: int
@@ -140,6 +145,7 @@ class XlaGpuConfig:
             attention_impl=_env("ATTENTION", "auto"),
             compilation_cache_dir=default_compilation_cache_dir(),
             min_token_bucket=int(_env("MIN_TOKENS", "16")),
+            bucket_padding_gap=int(_env("BUCKET_PADDING_GAP", "0")),
             precompile=_env("PRECOMPILE", "1") != "0",
             compile_threads=int(_env("COMPILE_THREADS", "0")),
             cpu_kv_cache_bytes=kv_bytes

@@ -76,7 +76,7 @@ from vllm_xla_gpu.runner.async_output import (
     PrevSampled,
     start_copies_to_host,
 )
-from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets
+from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets, token_buckets
 from vllm_xla_gpu.runner.compile_guard import CompileGuard
 from vllm_xla_gpu.runner.input_batch import InputBatch, RequestState
 from vllm_xla_gpu.runner.launch import Launched, Launcher, ready
@@ -144,8 +144,8 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         # programs are lowered against carry it too.
         self.sharding = jax.sharding.SingleDeviceSharding(device)
         self.max_num_reqs = config.max_num_seqs
-        self.token_buckets = power_of_two_buckets(
-            config.min_token_bucket, config.max_num_batched_tokens
+        self.token_buckets = token_buckets(
+            config.min_token_bucket, config.max_num_batched_tokens, config.bucket_padding_gap
         )
         self.request_buckets = power_of_two_buckets(MIN_REQUEST_BUCKET, self.max_num_reqs)
         self.attention_impl = resolve_attention_impl(config.attention_impl, device.platform)
