@@ -6,7 +6,10 @@ side of a call with the device idle, adding one ingredient of a runner step at a
 
 * ``1 device arg``: a tiny program on one device array (the floor of a call);
 * ``+ numpy arg``: one fresh 4 KiB numpy buffer as well (the packed step inputs);
-* ``+ N weights``: ``N`` device arrays besides (a model's parameters, one leaf each);
+* ``+ N weights``: ``N`` device arrays besides (a model's parameters, one leaf each), in a
+  tuple, as the runner hands its model step the weights;
+* ``+ N weights, a dict``: the same arrays in a dict keyed by names like a model's, which JAX
+  flattens, its keys sorted, at every call;
 * ``+ donated cache``: a donated array the program updates in place (the KV cache);
 * ``+ C donated caches``: ``--caches`` such arrays, as a model step donates one KV cache per
   layer (each updated in place, so also ``C`` tiny kernels);
@@ -136,6 +139,7 @@ def cases(num_weights: int, num_caches: int) -> dict:
         return rng.integers(0, 100, 1024, dtype=np.uint32)
 
     fixed_words = jax.device_put(words())
+    named = {f"model.layers.{i // 9}.weight_{i}": v for i, v in enumerate(weights)}
 
     def small(x, w):
         return x + w[:64].astype(jnp.float32)[:, None]
@@ -181,7 +185,11 @@ def cases(num_weights: int, num_caches: int) -> dict:
         "two copies": (two_copies, kernel_args),
         "1 device arg": (jax.jit(lambda x: x + 1), lambda: (x,)),
         "+ numpy arg": (jax.jit(small), lambda: (x, words())),
-        f"+ {num_weights} weights": (jax.jit(with_weights), lambda: (x, words(), weights)),
+        f"+ {num_weights} weights": (jax.jit(with_weights), lambda: (x, words(), tuple(weights))),
+        f"+ {num_weights} weights, a dict": (
+            jax.jit(lambda x, w, ws: with_weights(x, w, list(ws.values()))),
+            lambda: (x, words(), named),
+        ),
         "+ donated cache": (lambda *a: keep(f_cache(*a)), lambda: (x, words(), weights, cache[0])),
         f"+ {num_caches} donated caches": (
             lambda *a: keep_all(f_caches(*a)),

@@ -224,6 +224,10 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         self.model = torch_model
         self.jax_model = TorchaxModel(torch_model)
         jax.block_until_ready(self.params)
+        # The model step takes the weights as a flat tuple: a dict of them is flattened, its
+        # keys sorted, at every call (about 0.1 us an array on the host, docs/performance.md).
+        leaves, self.params_treedef = jax.tree.flatten(self.params)
+        self.param_leaves = tuple(leaves)
         # Prompt logprobs compute logits only: hand them the LM head's arrays, not the whole
         # model (host time per call grows with the arrays handed over).
         model_config = self.vllm_config.model_config
@@ -309,7 +313,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         prev = jax.ShapeDtypeStruct((self.max_num_reqs,), jnp.int32, sharding=sharding)
         logits = self.logits_buffer  # its shape, before allocate_kv_caches
         packed = pack_step_inputs(inputs)
-        model_step = self._model_step.lower(self.params, kv, logits, prev, *packed)
+        model_step = self._model_step.lower(self.param_leaves, kv, logits, prev, *packed)
         md = idle_metadata(self._new_sampling_inputs(), self.request_buckets[-1])
         sample_step = self._sample_step.lower(logits, *pack(md))
         hidden_all = model_step.out_info[1].hidden_all
@@ -530,7 +534,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         """One model step through the next loaded copy of its bucket's program (the jitted
         function itself without precompilation), on the current KV caches and logits buffer,
         which it donates and replaces."""
-        args = (self.params, self.kv_caches, self.logits_buffer, prev_sampled, words, big)
+        args = (self.param_leaves, self.kv_caches, self.logits_buffer, prev_sampled, words, big)
         copies = self._model_step_programs.get(packing)
         if copies:
             self.kv_caches, out = copies[self._num_model_step_calls % len(copies)](*args)
@@ -573,7 +577,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
 
     def _model_step_fn(
         self,
-        params: dict,
+        param_leaves: tuple[jax.Array, ...],  # the weights, flattened (``params_treedef``)
         kv_caches: dict[str, jax.Array],
         logits_buffer: jax.Array,  # [max_num_seqs, vocab], donated
         prev_sampled_token_ids: jax.Array,  # i32[max_num_seqs] (async scheduling)
@@ -584,6 +588,7 @@ class XlaGpuModelRunner(PrecompileMixin, RequestStatesMixin):
         """vLLM's model over the padded tokens (``StepInputs`` packed by ``transfer.pack``),
         then its logits at each request's last token and their argmax; returns the updated KV
         caches and a :class:`ModelStepOutput`."""
+        params = jax.tree.unflatten(self.params_treedef, param_leaves)
         inputs: StepInputs = unpack(words, big, packing, self.config.stage_inputs)
         # Async scheduling: tokens sampled by the previous step come from the device.
         from_prev = prev_sampled_token_ids[jnp.maximum(inputs.prev_token_index, 0)]

@@ -206,7 +206,7 @@ class PrecompileMixin:
     def _model_step_call(self, num_tokens: int) -> WarmUpCall:
         # Lowered against the caches' shapes; its warm-up run takes the allocated caches.
         inputs = dummy_step_inputs(num_tokens, self.max_num_reqs, self.max_blocks_per_req)
-        args = (self.params, self.kv_caches, self.logits_buffer, self._no_prev_sampled)
+        args = (self.param_leaves, self.kv_caches, self.logits_buffer, self._no_prev_sampled)
         args += tuple(pack_step_inputs(inputs))
         return WarmUpCall(self._model_step, args)
 
