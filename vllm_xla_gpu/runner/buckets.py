@@ -54,8 +54,9 @@ def token_buckets(minimum: int, maximum: int, padding_gap: int = 0) -> list[int]
     if padding_gap < minimum:
         raise ValueError(f"{padding_gap=} must be 0 or at least the smallest bucket {minimum}")
     small = power_of_two_buckets(minimum, min(padding_gap, maximum))
-    steps = range(padding_gap * 2, maximum, padding_gap) if small[-1] == padding_gap else []
-    return [*small, *steps, *([maximum] if small[-1] < maximum else [])]
+    if small[-1] == maximum:  # the limit is at or below the gap
+        return small
+    return [*small, *range(2 * padding_gap, maximum, padding_gap), maximum]
 
 
 def pad_to_bucket(n: int, buckets: list[int]) -> int:
