@@ -346,3 +346,63 @@ def test_structured_output_parses_with_three_steps_in_flight(model_dir, monkeypa
             assert all(len(c.token_ids) == 40 for c in completions[:2])
         assert llm.collective_rpc(_steps_in_flight)[0] == 3
         assert compiles_since_warmup(llm) == 0
+
+
+def _record_schedules(llm, prompts) -> list[dict[int, int]]:
+    """Each step's scheduled tokens, by index into ``prompts``, as the engine's scheduler hands
+    them out: a wrapper around its ``schedule`` that calls it and keeps a copy."""
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler  # in-process (conftest)
+    schedule = scheduler.schedule
+    steps: list[dict[int, int]] = []
+
+    def recording(*args, **kwargs):
+        output = schedule(*args, **kwargs)
+        steps.append(
+            {
+                prompts.index(list(scheduler.requests[req_id].prompt_token_ids)): n
+                for req_id, n in output.num_scheduled_tokens.items()
+            }
+        )
+        return output
+
+    scheduler.schedule = recording
+    return steps
+
+
+def _decode_steps(steps: list[dict[int, int]], index: int) -> list[int]:
+    return [i for i, step in enumerate(steps) if step.get(index) == 1]
+
+
+@pytest.mark.parametrize("depth", ["2", "3"])
+def test_structured_request_decodes_in_the_steps_of_the_others(model_dir, monkeypatch, depth):
+    """A structured-output request decodes in the same steps as a plain request beside it, as
+    with vLLM's two steps in flight (where both decode every step): with three, the platform's
+    scheduler spaces every decode of a step that samples for it, not its own alone (it would
+    then decode every other step while the plain one decodes every step). Greedy tokens of both
+    equal those of vLLM's two-in-flight engine."""
+    prompts = prompts_of([20, 20], seed=31)
+    regex = "[a-z]{30}"
+    constrained = StructuredOutputsParams(disable_any_whitespace=True, regex=regex)
+    params = [
+        greedy(40, ignore_eos=True),
+        SamplingParams(temperature=0.0, max_tokens=64, structured_outputs=constrained),
+    ]
+    structured_config = {"backend": "xgrammar", "disable_any_whitespace": True}
+    tokens = {}
+    for steps_in_flight in dict.fromkeys(["2", depth]):
+        monkeypatch.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", steps_in_flight)
+        with make_llm(
+            model_dir, skip_tokenizer_init=False, structured_outputs_config=structured_config
+        ) as llm:
+            steps = _record_schedules(llm, prompts)
+            completions, _ = generate(llm, prompts, params)
+            tokens[steps_in_flight] = [list(c.token_ids) for c in completions]
+            text = llm.get_tokenizer().decode(completions[1].token_ids, skip_special_tokens=True)
+            assert llm.collective_rpc(_steps_in_flight)[0] == int(steps_in_flight)
+            assert compiles_since_warmup(llm) == 0
+    assert completions[1].finish_reason == "stop" and re.fullmatch(regex, text), text
+    assert tokens[depth] == tokens["2"]
+    plain, constrained_steps = _decode_steps(steps, 0), _decode_steps(steps, 1)
+    assert len(constrained_steps) >= 5
+    first, last = constrained_steps[0], constrained_steps[-1]
+    assert [i for i in plain if first <= i <= last] == constrained_steps

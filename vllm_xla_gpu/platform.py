@@ -106,11 +106,12 @@ class XlaGpuPlatform(Platform):
                     "VLLM_XLA_GPU_STEPS_IN_FLIGHT above 2 needs the XLA backend's scheduler "
                     f"({steps_in_flight.SCHEDULER}), not {scheduler.scheduler_cls}."
                 )
-            # It spaces structured-output requests' decodes, whose grammar bitmasks need it.
+            # It spaces the decodes of structured-output requests' steps, whose grammar
+            # bitmasks need it.
             scheduler.scheduler_cls = steps_in_flight.SCHEDULER
             logger.info(
-                "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); "
-                "structured-output requests decode every %d steps",
+                "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); while "
+                "structured-output requests run, the steps they decode in are %d apart",
                 steps,
                 steps - 1,
             )

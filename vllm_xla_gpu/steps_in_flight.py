@@ -23,10 +23,12 @@ stops (EOS, a stop string) can be computed for one more step, whose token vLLM d
 structured-output request must not be in two consecutive steps: vLLM computes a step's grammar
 bitmask once it has collected the oldest step in flight, so the tokens of the step just before
 would be missing (the grammar then rejects a sampled token and vLLM ends the request with an
-error). :class:`SpacedStructuredOutputScheduler`, vLLM's async scheduler with such requests'
-decodes spaced by the steps in flight less one (the mechanism vLLM's own schedulers use for
-pipeline parallelism and diffusion models), serves them at that depth; they then decode every
-other step.
+error). :class:`SpacedStructuredOutputScheduler`, vLLM's async scheduler, spaces the decodes of
+every step that samples for such a request by the steps in flight less one (the mechanism
+vLLM's own schedulers use for pipeline parallelism and diffusion models). While
+structured-output requests run, every request then decodes at vLLM's two-step cadence, the
+structured ones included, and the steps between carry prefills or nothing; once none runs, the
+third step is back.
 
 ``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` (default 2, vLLM's own) sets the depth. Anything above 2 replaces
 the ``max_concurrent_batches`` property of vLLM's config class in each process that loads the
@@ -60,10 +62,15 @@ def install(steps: int) -> None:
 
 
 class SpacedStructuredOutputScheduler(AsyncScheduler):
-    """vLLM's async scheduler, with each structured-output request's decodes spaced so that the
-    engine has collected a request's last step whenever it computes the request's next grammar
-    bitmask: after a step that sampled for it, the request waits ``max_concurrent_batches - 1``
-    scheduling steps (none with vLLM's two steps in flight)."""
+    """vLLM's async scheduler, with the decodes of every step that samples for a structured-output
+    request spaced so that the engine has collected that step whenever it computes the request's
+    next grammar bitmask: after such a step, each request that sampled in it waits
+    ``max_concurrent_batches - 1`` scheduling steps (none with vLLM's two steps in flight).
+
+    Spacing the structured-output request alone would be enough for its grammar, but it would
+    then decode every other step while the requests beside it decode every step. Spacing the
+    whole step keeps them together: while structured-output requests run, every request decodes
+    at vLLM's two-step cadence, and the steps between carry prefills only (or nothing)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -72,12 +79,14 @@ class SpacedStructuredOutputScheduler(AsyncScheduler):
 
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
         super()._update_after_schedule(scheduler_output)
-        spacing = self.structured_output_spacing
-        for req_id in scheduler_output.num_scheduled_tokens:
-            request = self.requests[req_id]
-            if request.use_structured_output and not request.is_prefill_chunk:
-                # The engine collects the step ``spacing`` steps back (the oldest in flight)
-                # before it computes the bitmask of a step that needs it.
-                request.next_decode_eligible_step = max(
-                    request.next_decode_eligible_step, self.current_step + spacing
-                )
+        # The requests that sample in this step (a prefill chunk that does not end its prompt
+        # samples nothing, so it has nothing the next bitmask would need).
+        sampling = [self.requests[req_id] for req_id in scheduler_output.num_scheduled_tokens]
+        sampling = [request for request in sampling if not request.is_prefill_chunk]
+        if not any(request.use_structured_output for request in sampling):
+            return
+        # The engine collects the step ``spacing`` steps back (the oldest in flight) before it
+        # computes the bitmask of a step that needs it.
+        eligible = self.current_step + self.structured_output_spacing
+        for request in sampling:
+            request.next_decode_eligible_step = max(request.next_decode_eligible_step, eligible)
