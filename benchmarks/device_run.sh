@@ -31,6 +31,9 @@
 #              kernels, host ms per call; then the Triton kernel tests with
 #              VLLM_XLA_GPU_TRITON_LAUNCH=xla, and attention.py's kernel rows in both launch
 #              modes (NODES_ATTN_ARGS) (not in the default set).
+#   structured benchmarks/structured_mix.py at two and three steps in flight (SM_ARGS): plain and
+#              structured-output requests together on random-weight SmolLM2 with its real
+#              tokenizer (not in the default set).
 #   KERNEL_K limits the kernel stage to tests matching that pytest -k expression.
 # Not in the default set (benchmarks/README.md has the whole sequence of commands):
 #   throughput       benchmarks/throughput.py --backend xla for TP_ARCH (default llama-3.2-1b) or
@@ -170,6 +173,17 @@ PY
 timeout 300 python3 examples/generate.py --model /tmp/vxg-smollm2-random --max-tokens 32 \
   > "$out/main_job.log" 2>&1
 echo "main job exit $?"; grep -E "platform:|engine ready|tokens/s" "$out/main_job.log"
+fi
+
+if [[ $stages == *" structured "* ]]; then
+step "structured-output requests beside plain ones, two and three steps in flight"
+for depth in 2 3; do
+  VLLM_XLA_GPU_STEPS_IN_FLIGHT=$depth timeout 300 python3 benchmarks/structured_mix.py \
+    --arch smollm2-135m --model-dir /tmp/vxg-smollm2-random \
+    --tokenizer-dir .device-assets/smollm2-tokenizer ${SM_ARGS:-} \
+    --json "$out/structured_mix_$depth.json" > "$out/structured_mix_$depth.log" 2>&1
+  echo "depth $depth exit $?"; tail -4 "$out/structured_mix_$depth.log"
+done
 fi
 
 if [[ $stages == *" smollm2 "* ]]; then
