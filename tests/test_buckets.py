@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_xla_gpu.runner.buckets import pad_to_bucket, power_of_two_buckets, token_buckets
+from vllm_xla_gpu.runner.buckets import pad_to_bucket, token_buckets
 
 
 def test_padding_gap_gives_vllm_tpu_buckets():
@@ -14,8 +14,8 @@ def test_padding_gap_gives_vllm_tpu_buckets():
 
 
 def test_no_gap_is_powers_of_two():
-    assert token_buckets(16, 8192) == power_of_two_buckets(16, 8192)
-    assert token_buckets(16, 8192)[-4:] == [1024, 2048, 4096, 8192]
+    assert token_buckets(16, 8192) == [16 << i for i in range(10)]
+    assert token_buckets(16, 1000) == [16, 32, 64, 128, 256, 512, 1000]  # ends at the limit
 
 
 @pytest.mark.parametrize(
