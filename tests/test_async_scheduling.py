@@ -219,7 +219,9 @@ def test_three_steps_in_flight_give_the_same_tokens(tiny_checkpoint, monkeypatch
     prompts, engine = _preempting_workload(seed=14)
     greedy = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     sync_out, _ = _run(path, prompts, greedy, async_scheduling=False, **engine)
-    _, two = _run(path, prompts, greedy, **engine)
+    with monkeypatch.context() as m:
+        m.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", "2")  # vLLM's own depth, for the counter
+        _, two = _run(path, prompts, greedy, **engine)
     expected = hf_greedy(path, prompts, MAX_TOKENS)
     # Even requests stop on their greedy 7th token (certain to come); odd ones sample.
     sampled = [

@@ -137,3 +137,41 @@ def test_bucket_padding_gap_serves_hf_greedy_without_compiling(tiny_checkpoint, 
         ]
         assert compiles_since_warmup(llm) == 0
     assert got == [hf_greedy(path, p, GREEDY.max_tokens) for p in prompts]
+
+
+def _steps_in_flight(worker) -> int:
+    return worker.model_runner.max_steps_in_flight
+
+
+VLLM_ASYNC_SCHEDULER = "vllm.v1.core.sched.async_scheduler.AsyncScheduler"
+
+
+def test_engine_keeps_three_steps_in_flight_unless_a_scheduler_is_named(
+    tiny_checkpoint, monkeypatch
+):
+    """By default the engine keeps three steps in flight (``steps_in_flight.py``); a scheduler
+    class the user names (here vLLM's own async one) cannot space structured-output decodes,
+    so that engine keeps vLLM's two. Both serve Hugging Face's greedy tokens."""
+    monkeypatch.delenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", raising=False)
+    path = tiny_checkpoint("llama")
+    rng = np.random.default_rng(9)
+    prompts = [rng.integers(3, 500, size=n).tolist() for n in (7, 19, 40)]
+    expected = hf_greedy(path, prompts, GREEDY.max_tokens)
+    for scheduler_cls, depth in ((None, 3), (VLLM_ASYNC_SCHEDULER, 2)):
+        with make_llm(path, scheduler_cls=scheduler_cls) as llm:
+            outputs = llm.generate(_tokens_prompts(prompts), GREEDY)
+            assert [list(o.outputs[0].token_ids) for o in outputs] == expected
+            assert llm.collective_rpc(_steps_in_flight)[0] == depth
+
+
+def test_named_scheduler_with_steps_in_flight_set_fails_at_startup(tiny_checkpoint, monkeypatch):
+    """A depth above two that the user set is not lowered silently for a named scheduler."""
+    from vllm import LLM
+
+    monkeypatch.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", "3")
+    with pytest.raises(NotImplementedError, match="needs the XLA backend's scheduler"):
+        LLM(
+            model=str(tiny_checkpoint("llama")),
+            skip_tokenizer_init=True,
+            scheduler_cls=VLLM_ASYNC_SCHEDULER,
+        )

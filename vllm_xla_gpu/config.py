@@ -39,8 +39,8 @@ Environment variables (all optional):
                                       still running (``runner/precompile.py``, ``loaded_copies``);
                                       default 1 (2 measured no faster in serving, 2026-11-28).
 ``VLLM_XLA_GPU_STEPS_IN_FLIGHT``      steps vLLM's engine keeps in flight under async scheduling
-                                      (default 2, vLLM's own; 3 lets the host work for a step
-                                      overlap two device steps: ``steps_in_flight.py``).
+                                      (default 3: the host work for a step overlaps two device
+                                      steps; 2 is vLLM's own; ``steps_in_flight.py``).
 ``VLLM_XLA_GPU_CACHE``                root of converted checkpoints (default
                                       ``~/.cache/vllm_xla_gpu``).
 ``VLLM_XLA_GPU_CPU_KV_BYTES``         KV-cache bytes on XLA:CPU when ``--kv-cache-memory-bytes`` is
@@ -84,8 +84,14 @@ def triton_launch_mode() -> str:
 
 def configured_steps_in_flight() -> int:
     """Steps vLLM's engine keeps in flight under async scheduling:
-    ``VLLM_XLA_GPU_STEPS_IN_FLIGHT``, default 2 (``steps_in_flight.py``)."""
-    return max(2, int(_env("STEPS_IN_FLIGHT", "2")))
+    ``VLLM_XLA_GPU_STEPS_IN_FLIGHT``, default 3 (``steps_in_flight.py``)."""
+    return max(2, int(_env("STEPS_IN_FLIGHT", "3")))
+
+
+def steps_in_flight_requested() -> bool:
+    """Whether ``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` is set (a depth the user asked for, which the
+    platform must not lower silently)."""
+    return bool(_env("STEPS_IN_FLIGHT", ""))
 
 
 def default_compilation_cache_dir() -> str | None:

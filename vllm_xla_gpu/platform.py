@@ -95,26 +95,9 @@ class XlaGpuPlatform(Platform):
         from vllm.config import CompilationMode, CUDAGraphMode
 
         from vllm_xla_gpu import steps_in_flight
-        from vllm_xla_gpu.config import configured_steps_in_flight
 
-        steps = configured_steps_in_flight()
-        steps_in_flight.install(steps)
-        scheduler = vllm_config.scheduler_config
-        if steps > 2 and scheduler.async_scheduling:
-            if scheduler.scheduler_cls not in (None, steps_in_flight.SCHEDULER):
-                raise NotImplementedError(
-                    "VLLM_XLA_GPU_STEPS_IN_FLIGHT above 2 needs the XLA backend's scheduler "
-                    f"({steps_in_flight.SCHEDULER}), not {scheduler.scheduler_cls}."
-                )
-            # It spaces the decodes of structured-output requests' steps, whose grammar
-            # bitmasks need it.
-            scheduler.scheduler_cls = steps_in_flight.SCHEDULER
-            logger.info(
-                "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); while "
-                "structured-output requests run, the steps they decode in are %d apart",
-                steps,
-                steps - 1,
-            )
+        depth = steps_in_flight.choose_depth(vllm_config.scheduler_config, announce=True)
+        steps_in_flight.install(depth)
 
         parallel = vllm_config.parallel_config
         parallel.worker_cls = WORKER

@@ -30,20 +30,72 @@ structured-output requests run, every request then decodes at vLLM's two-step ca
 structured ones included, and the steps between carry prefills or nothing; once none runs, the
 third step is back.
 
-``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` (default 2, vLLM's own) sets the depth. Anything above 2 replaces
-the ``max_concurrent_batches`` property of vLLM's config class in each process that loads the
-platform, for single-stage async scheduling only, and the platform picks that scheduler.
+``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` sets the depth: 3 by default, 2 for vLLM's own. Anything above
+2 replaces the ``max_concurrent_batches`` property of vLLM's config class in each process that
+loads the platform, for single-stage async scheduling only, and the platform picks that
+scheduler. A scheduler class the user names keeps vLLM's two (or, with the variable set above
+2, fails at start-up).
 """
 
 from __future__ import annotations
 
-from vllm.config import VllmConfig
+import logging
+
+from vllm.config import SchedulerConfig, VllmConfig
+from vllm.logger import init_logger
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
+
+from vllm_xla_gpu.config import configured_steps_in_flight, steps_in_flight_requested
+
+logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
 SCHEDULER = "vllm_xla_gpu.steps_in_flight.SpacedStructuredOutputScheduler"
 
 _vllm_max_concurrent_batches = VllmConfig.max_concurrent_batches
+
+
+def choose_depth(scheduler: SchedulerConfig, announce: bool = False) -> int:
+    """The steps in flight for an engine with ``scheduler``'s settings; above 2, names this
+    module's scheduler in ``scheduler`` (the spacing above needs it).
+
+    A scheduler class the user named cannot be combined with a depth above 2: with the
+    default depth the engine then keeps vLLM's two, and with one the user set it fails here,
+    at start-up, naming why.
+    """
+    steps = configured_steps_in_flight()
+    if steps <= 2 or not scheduler.async_scheduling:
+        return steps
+    if scheduler.scheduler_cls not in (None, SCHEDULER):
+        if steps_in_flight_requested():
+            raise NotImplementedError(
+                "VLLM_XLA_GPU_STEPS_IN_FLIGHT above 2 needs the XLA backend's scheduler "
+                f"({SCHEDULER}), not {scheduler.scheduler_cls}."
+            )
+        if announce:
+            logger.info("scheduler class %s: vLLM's two steps in flight", scheduler.scheduler_cls)
+        return 2
+    scheduler.scheduler_cls = SCHEDULER
+    if announce:
+        logger.info(
+            "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); while "
+            "structured-output requests run, the steps they decode in are %d apart",
+            steps,
+            steps - 1,
+        )
+    return steps
+
+
+class _OwnSchedulerIsNotCustom(logging.Filter):
+    """Drops vLLM's warning that a custom scheduler class is in use when the class is this
+    module's: the user named none, and the interface it warns about is the one this package's
+    pinned vLLM version is tested with."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            str(record.msg).startswith("Using custom scheduler class")
+            and SCHEDULER in str(record.args)
+        )
 
 
 def install(steps: int) -> None:
@@ -51,6 +103,9 @@ def install(steps: int) -> None:
     if steps <= 2:
         VllmConfig.max_concurrent_batches = _vllm_max_concurrent_batches
         return
+    scheduler_logger = logging.getLogger("vllm.config.scheduler")
+    if not any(isinstance(f, _OwnSchedulerIsNotCustom) for f in scheduler_logger.filters):
+        scheduler_logger.addFilter(_OwnSchedulerIsNotCustom())
 
     def max_concurrent_batches(self: VllmConfig) -> int:
         single_stage = self.parallel_config.pipeline_parallel_size == 1

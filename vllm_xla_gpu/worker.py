@@ -29,7 +29,7 @@ from vllm.v1.worker.worker_base import CompilationTimes, WorkerBase
 
 from vllm_xla_gpu import steps_in_flight
 from vllm_xla_gpu.compat import patch_torch_accelerator
-from vllm_xla_gpu.config import XlaGpuConfig, configured_steps_in_flight
+from vllm_xla_gpu.config import XlaGpuConfig
 from vllm_xla_gpu.runner.model_runner import XlaGpuModelRunner
 
 logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
@@ -52,7 +52,8 @@ class XlaGpuWorker(WorkerBase):
         self.model_runner: XlaGpuModelRunner | None = None
         # The engine core reads the depth after it built its executor (and so this worker),
         # in its own process: the front end's change to vLLM's config class is not there.
-        steps_in_flight.install(configured_steps_in_flight())
+        # The platform has chosen the scheduler already; the same choice gives the same depth.
+        steps_in_flight.install(steps_in_flight.choose_depth(vllm_config.scheduler_config))
 
     def init_device(self) -> None:
         """Start JAX on its default device and set up vLLM's (trivial) distributed state."""

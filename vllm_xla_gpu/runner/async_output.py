@@ -1,9 +1,9 @@
 """Async scheduling: a step's sampled tokens stay on the device until vLLM asks for them.
 
 With ``--async-scheduling`` vLLM's engine schedules step N+1 and calls ``execute_model`` for it
-before it collects step N's output (``EngineCore.step_with_batch_queue``, two batches in
-flight; three with ``VLLM_XLA_GPU_STEPS_IN_FLIGHT=3``, ``steps_in_flight.py``), so the host
-prepares N+1 while the device still runs N. The runner's part:
+before it collects step N's output (``EngineCore.step_with_batch_queue``: three batches in
+flight by default, vLLM's two with ``VLLM_XLA_GPU_STEPS_IN_FLIGHT=2``; ``steps_in_flight.py``),
+so the host prepares N+1 while the device still runs N. The runner's part:
 
 * ``sample_tokens`` returns an :class:`AsyncXlaModelRunnerOutput` instead of a
   ``ModelRunnerOutput``. It starts the device-to-host copy of the sampled ids
