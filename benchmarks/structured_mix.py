@@ -15,7 +15,8 @@ setting (the depth comes from the environment, as in serving):
 
 ``--arch`` writes a random-weight checkpoint as ``throughput.py`` does; grammars need a
 tokenizer, which ``--tokenizer-dir`` copies beside it (its vocabulary should be the model's).
-vLLM's own CUDA build runs it unchanged (``--backend cuda`` only labels the result).
+vLLM's own CUDA build runs it unchanged: ``--backend cuda`` labels the result and skips the check
+that this plugin's runner served it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import common  # noqa: E402
-import throughput  # noqa: E402  (its checkpoint set-up)
+import throughput  # noqa: E402  (its checkpoint and engine set-up)
 from architectures import ARCHITECTURES  # noqa: E402
 
 
@@ -49,26 +50,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json", help="write the results here")
     common.add_engine_arguments(p)
     return p.parse_args()
-
-
-def start_engine(args: argparse.Namespace, model_dir: str):
-    """``vllm.LLM`` with a tokenizer (grammars need one), vLLM's request timestamps on, and
-    xgrammar without free whitespace (a random model's JSON or text then ends by the grammar)."""
-    from vllm import LLM
-
-    return LLM(
-        model=model_dir,
-        dtype=args.dtype,
-        load_format=args.load_format,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        seed=args.seed,
-        disable_log_stats=False,
-        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
-        **common.engine_kwargs(args),
-    )
 
 
 def record_steps(llm) -> list[dict[str, int]]:
@@ -153,7 +134,15 @@ def main() -> None:
         for f in pathlib.Path(args.tokenizer_dir).glob("tokenizer*"):
             shutil.copy(f, pathlib.Path(model_dir) / f.name)
     args.model_dir_resolved = model_dir
-    llm = start_engine(args, model_dir)
+    # A tokenizer (grammars need one), vLLM's request timestamps, and xgrammar without free
+    # whitespace (a random model's text then ends by the grammar).
+    llm, _ = throughput.start_engine(
+        args,
+        model_dir,
+        skip_tokenizer_init=False,
+        disable_log_stats=False,
+        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+    )
     args.tokenizer_vocab = len(llm.get_tokenizer())
     steps = record_steps(llm)
     rng = np.random.default_rng(args.seed)

@@ -181,12 +181,13 @@ def check_generative(model_dir: str) -> None:
         )
 
 
-def start_engine(args: argparse.Namespace, model_dir: str):
-    """``vllm.LLM`` with the engine arguments both backends share; returns it and its seconds."""
+def start_engine(args: argparse.Namespace, model_dir: str, **overrides):
+    """``vllm.LLM`` with the engine arguments both backends share (``overrides`` replace or add
+    some); returns it and its seconds."""
     from vllm import LLM
 
     start = time.perf_counter()
-    llm = LLM(
+    kwargs = dict(
         model=model_dir,
         dtype=args.dtype,
         load_format=args.load_format,
@@ -198,6 +199,7 @@ def start_engine(args: argparse.Namespace, model_dir: str):
         seed=args.seed,
         **common.engine_kwargs(args),
     )
+    llm = LLM(**{**kwargs, **overrides})
     elapsed = time.perf_counter() - start
     backend = getattr(args, "backend", "xla")  # profile_step.py profiles this backend only
     if backend == "xla" and "compiles_since_warmup" not in common.engine_stats(llm):
