@@ -238,3 +238,29 @@ def test_step_call_sums_host_runtime_events_per_call():
         "cuGraphLaunch (CudaGraph:3)": 400.0,
         "Thunks::Initialize": 200.0,
     }
+
+
+def test_structured_mix_counts_steps_and_token_gaps_by_hand():
+    """``structured_mix.py``'s step mix (a decode is one scheduled token) and the mean gap
+    between a request's tokens from vLLM's timestamps, on steps and outputs made by hand."""
+    import structured_mix
+
+    steps = [
+        {"p-1": 20, "s-1": 20},  # prefills
+        {"p-1": 1, "s-1": 1},
+        {},  # empty
+        {"p-1": 1, "q-1": 7},
+        {"s-1": 1},
+    ]
+    assert structured_mix.step_mix(steps, {"s-1"}) == {
+        "steps": 5,
+        "empty": 1,
+        "with_structured_decode": 2,
+        "plain_decodes_only": 1,
+    }
+    metrics = types.SimpleNamespace(first_token_ts=10.0, last_token_ts=10.5)
+    completion = types.SimpleNamespace(token_ids=[1] * 11)
+    output = types.SimpleNamespace(metrics=metrics, outputs=[completion])
+    assert structured_mix.ms_between_tokens(output) == pytest.approx(50.0)
+    completion.token_ids = [1]
+    assert structured_mix.ms_between_tokens(output) is None
