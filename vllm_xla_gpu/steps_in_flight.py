@@ -134,14 +134,15 @@ class SpacedStructuredOutputScheduler(AsyncScheduler):
 
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
         super()._update_after_schedule(scheduler_output)
-        # The requests that sample in this step (a prefill chunk that does not end its prompt
-        # samples nothing, so it has nothing the next bitmask would need).
-        sampling = [self.requests[req_id] for req_id in scheduler_output.num_scheduled_tokens]
-        sampling = [request for request in sampling if not request.is_prefill_chunk]
-        if not any(request.use_structured_output for request in sampling):
+        # vLLM's own flag (set just now): a request of this step samples under a grammar. A step
+        # without one costs nothing more here.
+        if not scheduler_output.has_structured_output_requests:
             return
         # The engine collects the step ``spacing`` steps back (the oldest in flight) before it
         # computes the bitmask of a step that needs it.
         eligible = self.current_step + self.structured_output_spacing
-        for request in sampling:
-            request.next_decode_eligible_step = max(request.next_decode_eligible_step, eligible)
+        for req_id in scheduler_output.num_scheduled_tokens:
+            request = self.requests[req_id]
+            # A prefill chunk that does not end its prompt samples nothing in this step.
+            if not request.is_prefill_chunk:
+                request.next_decode_eligible_step = max(request.next_decode_eligible_step, eligible)
