@@ -83,8 +83,9 @@ def loaded_copies(compiled: Any, n: int, device: jax.Device) -> list:
     ``jax.stages.Compiled``).
 
     XLA runs a GPU program as a CUDA graph that belongs to its loaded executable. vLLM's engine
-    keeps two steps in flight, so step N+1 is launched while step N still runs, and with one
-    executable per bucket the launch updates and relaunches the very graph that is running.
+    keeps two or three steps in flight, so step N+1 is launched while step N still runs, and
+    with one executable per bucket the launch updates and relaunches the very graph that is
+    running.
     A copy is the same binary loaded again (serialized and deserialized, as JAX's persistent
     cache does: nothing compiles), with a graph of its own; the runner takes the copies in
     turn, so a launch finds its graph idle (its last run was two steps back). Where the
