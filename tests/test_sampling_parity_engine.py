@@ -374,35 +374,52 @@ def _decode_steps(steps: list[dict[int, int]], index: int) -> list[int]:
 
 
 @pytest.mark.parametrize("depth", ["2", "3"])
-def test_structured_request_decodes_in_the_steps_of_the_others(model_dir, monkeypatch, depth):
-    """A structured-output request decodes in the same steps as a plain request beside it, as
-    with vLLM's two steps in flight (where both decode every step): with three, the platform's
-    scheduler spaces every decode of a step that samples for it, not its own alone (it would
-    then decode every other step while the plain one decodes every step). Greedy tokens of both
-    equal those of vLLM's two-in-flight engine."""
-    prompts = prompts_of([20, 20], seed=31)
+def test_structured_requests_decode_in_every_step_of_the_others(model_dir, monkeypatch, depth):
+    """While structured-output requests run, the engine works as with vLLM's two steps in
+    flight: at two, every step decodes every running request; at three, the platform's
+    scheduler holds the step after each real one empty, so that vLLM's deferred bitmask finds
+    the step before, and every request decodes in every real step. Two structured requests
+    that start decoding in different steps (one prompt is prefilled in chunks) join the plain
+    ones; spacing the structured requests alone would leave them decoding every other real
+    step. Greedy tokens equal those of vLLM's two-in-flight engine."""
+    # Four places for six requests: the last two start while the others decode.
+    prompts = prompts_of([20, 20, 45, 10, 12, 14], seed=31)
     regex = "[a-z]{30}"
-    constrained = StructuredOutputsParams(disable_any_whitespace=True, regex=regex)
-    params = [
-        greedy(40, ignore_eos=True),
-        SamplingParams(temperature=0.0, max_tokens=64, structured_outputs=constrained),
-    ]
+    constrained = SamplingParams(
+        temperature=0.0,
+        max_tokens=64,
+        structured_outputs=StructuredOutputsParams(disable_any_whitespace=True, regex=regex),
+    )
+    params = [greedy(40, ignore_eos=True), constrained, constrained, greedy(12, ignore_eos=True)]
+    params += [greedy(30, ignore_eos=True), greedy(30, ignore_eos=True)]
     structured_config = {"backend": "xgrammar", "disable_any_whitespace": True}
     tokens = {}
     for steps_in_flight in dict.fromkeys(["2", depth]):
         monkeypatch.setenv("VLLM_XLA_GPU_STEPS_IN_FLIGHT", steps_in_flight)
         with make_llm(
-            model_dir, skip_tokenizer_init=False, structured_outputs_config=structured_config
+            model_dir,
+            skip_tokenizer_init=False,
+            structured_outputs_config=structured_config,
+            max_num_seqs=4,
         ) as llm:
             steps = _record_schedules(llm, prompts)
             completions, _ = generate(llm, prompts, params)
             tokens[steps_in_flight] = [list(c.token_ids) for c in completions]
-            text = llm.get_tokenizer().decode(completions[1].token_ids, skip_special_tokens=True)
+            tokenizer = llm.get_tokenizer()
+            texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
             assert llm.collective_rpc(_steps_in_flight)[0] == int(steps_in_flight)
             assert compiles_since_warmup(llm) == 0
-    assert completions[1].finish_reason == "stop" and re.fullmatch(regex, text), text
+    for c, text in zip(completions[1:3], texts[1:3], strict=True):
+        assert c.finish_reason == "stop" and re.fullmatch(regex, text), text
     assert tokens[depth] == tokens["2"]
-    plain, constrained_steps = _decode_steps(steps, 0), _decode_steps(steps, 1)
-    assert len(constrained_steps) >= 5
-    first, last = constrained_steps[0], constrained_steps[-1]
-    assert [i for i in plain if first <= i <= last] == constrained_steps
+    decodes = [_decode_steps(steps, i) for i in range(len(prompts))]
+    assert min(len(decodes[1]), len(decodes[2])) >= 5
+    assert decodes[1][0] != decodes[2][0]  # they start in different steps
+    stride = int(depth) - 1  # a real step, then the empty ones
+    for structured_steps in (decodes[1], decodes[2]):  # while this one decodes:
+        first, last = structured_steps[0], structured_steps[-1]
+        real = range(first, last + 1, stride)
+        assert [i for i in range(first, last + 1) if steps[i] and i not in real] == []
+        for own in decodes:  # every request decodes in every real step while it runs
+            inside = [i for i in own if first <= i <= last]
+            assert inside == [i for i in real if inside and inside[0] <= i <= inside[-1]]

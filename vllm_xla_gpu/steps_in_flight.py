@@ -23,12 +23,15 @@ stops (EOS, a stop string) can be computed for one more step, whose token vLLM d
 structured-output request must not be in two consecutive steps: vLLM computes a step's grammar
 bitmask once it has collected the oldest step in flight, so the tokens of the step just before
 would be missing (the grammar then rejects a sampled token and vLLM ends the request with an
-error). :class:`SpacedStructuredOutputScheduler`, vLLM's async scheduler, spaces the decodes of
-every step that samples for such a request by the steps in flight less one (the mechanism
-vLLM's own schedulers use for pipeline parallelism and diffusion models). While
-structured-output requests run, every request then decodes at vLLM's two-step cadence, the
-structured ones included, and the steps between carry prefills or nothing; once none runs, the
-third step is back.
+error). :class:`SpacedStructuredOutputScheduler`, vLLM's async scheduler, schedules nothing in
+the step after one that samples for such a request (the steps in flight less two), so the
+step the engine collects first is that one. While structured-output requests run, the engine
+then works as at vLLM's two steps in flight, every request decoding in every real step, with
+an empty step between real ones; once none runs, the third step is back. Spacing the
+structured-output requests' own decodes instead (``next_decode_eligible_step``, the field
+vLLM's schedulers use for pipeline parallelism) left the steps between to the other requests:
+the structured ones, or any group of requests that began in such a step, then decoded every
+other step (``benchmarks/structured_mix.py``, docs/performance.md).
 
 ``VLLM_XLA_GPU_STEPS_IN_FLIGHT`` sets the depth: 3 by default, 2 for vLLM's own. Anything above
 2 replaces the ``max_concurrent_batches`` property of vLLM's config class in each process that
@@ -117,32 +120,45 @@ def install(steps: int) -> None:
 
 
 class SpacedStructuredOutputScheduler(AsyncScheduler):
-    """vLLM's async scheduler, with the decodes of every step that samples for a structured-output
-    request spaced so that the engine has collected that step whenever it computes the request's
-    next grammar bitmask: after such a step, each request that sampled in it waits
-    ``max_concurrent_batches - 1`` scheduling steps (none with vLLM's two steps in flight).
+    """vLLM's async scheduler that schedules nothing in the ``max_concurrent_batches - 2`` steps
+    after a step that samples for a structured-output request (none with vLLM's two steps in
+    flight), so the engine has collected that step whenever it computes the next grammar
+    bitmask.
 
-    Spacing the structured-output request alone would be enough for its grammar, but it would
-    then decode every other step while the requests beside it decode every step. Spacing the
-    whole step keeps them together: while structured-output requests run, every request decodes
-    at vLLM's two-step cadence, and the steps between carry prefills only (or nothing)."""
+    vLLM defers a step's sampling until it has popped the oldest step in flight, then computes
+    the bitmask. The empty steps make that oldest step the last one that sampled for a
+    structured-output request, whatever the requests in it. Holding every request, not only
+    the structured ones, keeps them together: while structured-output requests run, the engine
+    works as with vLLM's two steps in flight (every request decodes in every real step, and
+    prefills join those steps). Spacing the structured requests alone would leave the steps
+    between to the others, and they would then decode every other step (see the module
+    docstring)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # The worker installed the depth before the engine core built its scheduler.
         self.structured_output_spacing = self.vllm_config.max_concurrent_batches - 1
+        # The first scheduler step that may schedule work again after a step that sampled for
+        # a structured-output request; and how many steps were held empty (for benchmarks).
+        self._next_step_with_work = 0
+        self.num_held_steps = 0
+
+    def schedule(self, *args, **kwargs) -> SchedulerOutput:
+        # vLLM's schedule() advances current_step first, so the step it makes is this one.
+        if self.current_step + 1 >= self._next_step_with_work:
+            return super().schedule(*args, **kwargs)
+        # No token budget: vLLM's own way to schedule nothing (its pause), with the rest of a
+        # step's bookkeeping (finished requests, KV events) done as usual.
+        self.num_held_steps += 1
+        budget, self.max_num_scheduled_tokens = self.max_num_scheduled_tokens, 0
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            self.max_num_scheduled_tokens = budget
 
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
         super()._update_after_schedule(scheduler_output)
-        # vLLM's own flag (set just now): a request of this step samples under a grammar. A step
-        # without one costs nothing more here.
-        if not scheduler_output.has_structured_output_requests:
-            return
-        # The engine collects the step ``spacing`` steps back (the oldest in flight) before it
-        # computes the bitmask of a step that needs it.
-        eligible = self.current_step + self.structured_output_spacing
-        for req_id in scheduler_output.num_scheduled_tokens:
-            request = self.requests[req_id]
-            # A prefill chunk that does not end its prompt samples nothing in this step.
-            if not request.is_prefill_chunk:
-                request.next_decode_eligible_step = max(request.next_decode_eligible_step, eligible)
+        # vLLM's own flag (set just now): a request of this step samples under a grammar.
+        if scheduler_output.has_structured_output_requests:
+            # The engine collects this step first once the steps after it are held empty.
+            self._next_step_with_work = self.current_step + self.structured_output_spacing
