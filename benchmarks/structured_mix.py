@@ -172,6 +172,10 @@ def main() -> None:
             "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))},
             "steps_in_flight_env": os.environ.get("VLLM_XLA_GPU_STEPS_IN_FLIGHT"),
             "engine": stats,
+            # Steps this backend's scheduler held empty after structured ones (all runs).
+            "held_steps": getattr(
+                llm.llm_engine.engine_core.engine_core.scheduler, "num_held_steps", None
+            ),
             "runs": runs,
             "median": summary,
             "versions": common.versions(),
