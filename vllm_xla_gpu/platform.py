@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from vllm.logger import init_logger
 from vllm.platforms.interface import Platform, PlatformEnum
 
 if TYPE_CHECKING:
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     from vllm.sampling_params import SamplingParams
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
     from vllm.v1.attention.selector import AttentionSelectorConfig
-
-logger = init_logger("vllm." + __name__)  # under "vllm": vLLM configures that logger
 
 ATTENTION_BACKEND = "vllm_xla_gpu.attention.backend.XlaGpuPagedAttentionBackend"
 WORKER = "vllm_xla_gpu.worker.XlaGpuWorker"
