@@ -60,7 +60,7 @@ _vllm_max_concurrent_batches = VllmConfig.max_concurrent_batches
 
 def choose_depth(scheduler: SchedulerConfig, announce: bool = False) -> int:
     """The steps in flight for an engine with ``scheduler``'s settings; above 2, names this
-    module's scheduler in ``scheduler`` (the spacing above needs it).
+    module's scheduler in ``scheduler`` (its empty steps keep structured outputs correct).
 
     A scheduler class the user named cannot be combined with a depth above 2: with the
     default depth the engine then keeps vLLM's two, and with one the user set it fails here,
@@ -78,13 +78,15 @@ def choose_depth(scheduler: SchedulerConfig, announce: bool = False) -> int:
         if announce:
             logger.info("scheduler class %s: vLLM's two steps in flight", scheduler.scheduler_cls)
         return 2
+    # A config that names this scheduler already was chosen (and announced) in the front end.
+    announce = announce and scheduler.scheduler_cls != SCHEDULER
     scheduler.scheduler_cls = SCHEDULER
     if announce:
         logger.info(
-            "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); while "
-            "structured-output requests run, the steps they decode in are %d apart",
+            "vLLM's engine keeps %d steps in flight (VLLM_XLA_GPU_STEPS_IN_FLIGHT); %d empty "
+            "step(s) follow each step that samples for a structured-output request",
             steps,
-            steps - 1,
+            steps - 2,
         )
     return steps
 
