@@ -92,15 +92,15 @@ def step_mix(steps: list[dict[str, int]], structured_ids: set[str]) -> dict[str,
     }
 
 
-def run_once(llm, args, rng, steps: list) -> dict:
-    """One batch of both kinds, sent together; per-kind rates and the step mix."""
+def run_once(llm, args, rng, steps: list, vocab: int) -> dict:
+    """One batch of both kinds, sent together (prompts of ids below ``vocab``); per-kind rates
+    and the step mix."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import StructuredOutputsParams
 
-    vocab = common.read_config(args.model_dir_resolved)["vocab_size"]
     count = args.plain + args.structured
-    prompts = common.random_prompts(rng, count, args.input_len, min(vocab, args.tokenizer_vocab))
+    prompts = common.random_prompts(rng, count, args.input_len, vocab)
     plain = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
     constrained = SamplingParams(
         temperature=0.0,
@@ -133,7 +133,6 @@ def main() -> None:
     if args.tokenizer_dir:
         for f in pathlib.Path(args.tokenizer_dir).glob("tokenizer*"):
             shutil.copy(f, pathlib.Path(model_dir) / f.name)
-    args.model_dir_resolved = model_dir
     # A tokenizer (grammars need one), vLLM's request timestamps, and xgrammar without free
     # whitespace (a random model's text then ends by the grammar).
     llm, _ = throughput.start_engine(
@@ -143,11 +142,12 @@ def main() -> None:
         disable_log_stats=False,
         structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
     )
-    args.tokenizer_vocab = len(llm.get_tokenizer())
+    # Prompt ids both the model and the tokenizer know.
+    vocab = min(common.read_config(model_dir)["vocab_size"], len(llm.get_tokenizer()))
     steps = record_steps(llm)
     rng = np.random.default_rng(args.seed)
-    run_once(llm, args, rng, steps)  # warm-up: grammar compilation, first requests
-    runs = [run_once(llm, args, rng, steps) for _ in range(args.repeats)]
+    run_once(llm, args, rng, steps, vocab)  # warm-up: grammar compilation, first requests
+    runs = [run_once(llm, args, rng, steps, vocab) for _ in range(args.repeats)]
     stats = common.engine_stats(llm)
     summary = {k: statistics.median(r[k] for r in runs) for k in runs[0] if runs[0][k] is not None}
     print(
