@@ -88,8 +88,8 @@ def loaded_copies(compiled: Any, n: int, device: jax.Device) -> list:
     running.
     A copy is the same binary loaded again (serialized and deserialized, as JAX's persistent
     cache does: nothing compiles), with a graph of its own; the runner takes the copies in
-    turn, so a launch finds its graph idle (its last run was two steps back). Where the
-    executable cannot be serialized the one copy is used alone.
+    turn, so a launch's graph last ran ``n`` steps back, idle once ``n`` is at least the steps
+    in flight. Where the executable cannot be serialized the one copy is used alone.
 
     Measured on an H100 (docs/performance.md, 2026-11-28): back to back, a 512-kernel program's
     call took 1.01 ms of host time with one copy and 0.38 ms with two, but in serving Llama-3.2-1B
